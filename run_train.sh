@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Launcher. Two modes:
+#   ./run_train.sh --config NAME.toml [--section.key=value ...]
+#       spawns torchrun itself with NPROC ranks (default: GPUs present, else 2 on CPU);
+#   torchrun --nproc_per_node N --no-python ./run_train.sh --config ...
+#       runs as a worker: torchrun has set RANK/WORLD_SIZE, so start the trainer directly.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$HERE/.venv/bin/python" ]; then PYTHON="$HERE/.venv/bin/python"; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
+
+if [ -n "${TORCHELASTIC_RUN_ID:-}" ] || { [ -n "${RANK:-}" ] && [ -n "${WORLD_SIZE:-}" ]; }; then
+    exec "$PYTHON" -m titan_spec.train "$@"
+fi
+
+if [ -z "${NPROC:-}" ]; then
+    NPROC=0
+    if command -v nvidia-smi >/dev/null 2>&1; then
+        NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    fi
+    [ "$NPROC" -gt 0 ] || NPROC=2
+fi
+# Fail in a second, before any worker starts, when the config or layout cannot work.
+"$PYTHON" -m titan_spec.train --preflight --world-size "$NPROC" "$@"
+exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
+    --no-python "$HERE/run_train.sh" "$@"

@@ -1,0 +1,172 @@
+"""DCP checkpoints: model + optimizer (resharded on load to any world size or layout), LR
+schedule, step / data position, and RNG states.
+
+A save is written to `step-N.tmp/`, then rank 0 adds `train_state.json` and a `manifest.json`
+(size and sha256 of every file) and renames the folder to `step-N/` in one atomic rename. Only
+folders with a manifest that verifies count as checkpoints, so a crash mid-save, or a file
+truncated later, is never loaded."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+log = logging.getLogger("titan_spec")
+STEP_RE = re.compile(r"step-(\d+)")
+MANIFEST = "manifest.json"
+TRAIN_STATE = "train_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete, corrupted or does not fit the model."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def write_manifest(folder: Path) -> None:
+    files = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _data_files(folder)}
+    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
+
+
+def verify(folder: Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        raise CheckpointError(f"{folder} has no {MANIFEST}: the save never completed.")
+    files = json.loads(manifest.read_text())["files"]
+    for rel, expected in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {folder}: file {rel} is missing.")
+        if path.stat().st_size != expected["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {folder}: {rel} has {path.stat().st_size} bytes, the manifest says "
+                f"{expected['bytes']} (truncated or overwritten)."
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint {folder}: {rel} does not match its sha256.")
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """Finished step folders (not *.tmp), oldest first."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if p.is_dir() and (m := STEP_RE.fullmatch(p.name))]
+    return sorted(found)
+
+
+def _dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _barrier() -> None:
+    if _dist():
+        dist.barrier()
+
+
+class CheckpointManager:
+    def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
+                 world_size: int):
+        self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
+        self.rank, self.world_size = rank, world_size
+        self.folder = Path(dump_folder) / cfg.folder
+
+    def _state(self) -> dict:
+        return {"model": get_model_state_dict(self.model),
+                "optim": get_optimizer_state_dict(self.model, self.optimizer)}
+
+    def save(self, step: int, train_state: dict) -> Path:
+        final = self.folder / f"step-{step}"
+        tmp = self.folder / f"step-{step}.tmp"
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier()
+        dcp.save(self._state(), checkpoint_id=str(tmp))
+        torch.save({"cpu": torch.get_rng_state(), "world_size": self.world_size},
+                   tmp / f"rng_rank{self.rank}.pt")
+        _barrier()
+        if self.rank == 0:
+            state = dict(train_state, step=step, scheduler=self.scheduler.state_dict(),
+                         world_size=self.world_size)
+            (tmp / TRAIN_STATE).write_text(json.dumps(state, default=str))
+            write_manifest(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._rotate()
+        _barrier()
+        log.info("saved checkpoint %s", final)
+        return final
+
+    def _rotate(self) -> None:
+        keep = self.cfg.keep_latest_k
+        if keep > 0:
+            for _, path in list_checkpoints(self.folder)[:-keep]:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def find_resume_point(self) -> Path | None:
+        """The explicit load_path (must verify), else the newest verifying checkpoint."""
+        if self.cfg.load_path:
+            path = Path(self.cfg.load_path)
+            if not path.is_dir():
+                raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
+                                      f"step-N folder such as {self.folder}/step-100.")
+            verify(path)
+            return path
+        if not self.cfg.resume:
+            return None
+        for step, path in reversed(list_checkpoints(self.folder)):
+            try:
+                verify(path)
+                return path
+            except CheckpointError as err:
+                log.warning("skipping damaged checkpoint (%s); trying an older one", err)
+        return None
+
+    def load(self, path: Path) -> dict:
+        state = self._state()
+        try:
+            dcp.load(state, checkpoint_id=str(path))
+            set_model_state_dict(self.model, state["model"])
+            set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+        except Exception as err:  # DCP raises many types; name the checkpoint and the cause.
+            raise CheckpointError(
+                f"could not load checkpoint {path} into this model ({type(err).__name__}: "
+                f"{err}). Check that model.name/flavor match the run that saved it."
+            ) from err
+        train_state = json.loads((path / TRAIN_STATE).read_text())
+        self.scheduler.load_state_dict(train_state.pop("scheduler"))
+        rng_file = path / f"rng_rank{self.rank}.pt"
+        if train_state.get("world_size") == self.world_size and rng_file.is_file():
+            rng = torch.load(rng_file, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+        log.info("resumed from %s (step %d)", path, train_state["step"])
+        return train_state

@@ -1,0 +1,29 @@
+"""Linear warm-up then cosine / linear / constant decay to min_lr_ratio x peak."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str, min_ratio: float):
+    """Multiplier of the peak LR at optimizer step `step` (0-based: the first update is step 0)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if decay == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    if decay == "linear":
+        shape = 1.0 - progress
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * shape
+
+
+def build_lr_scheduler(optimizer, cfg, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.decay, cfg.min_lr_ratio),
+    )

@@ -1,0 +1,66 @@
+"""Per-step metrics: one JSON object per line in <dump_folder>/metrics.jsonl (rank 0), optional
+TensorBoard scalars, and a console progress line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("titan_spec")
+
+
+def memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # Peak resident set of this process (Linux reports KiB).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class MetricsLogger:
+    def __init__(self, dump_folder: str, cfg, run_name: str, is_main: bool, resumed: bool):
+        self.is_main, self.cfg = is_main, cfg
+        self.path = Path(dump_folder) / "metrics.jsonl"
+        self._tb = None
+        if not is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not resumed:
+            # A fresh run in a used folder: keep the old file, never mix two runs in one.
+            backup = self.path.with_suffix(f".jsonl.{int(time.time())}.bak")
+            os.replace(self.path, backup)
+            log.warning("moved the previous %s to %s", self.path.name, backup.name)
+        if cfg.enable_tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                log.info("tensorboard not installed; metrics go to metrics.jsonl only")
+            else:
+                self._tb = SummaryWriter(str(Path(dump_folder) / "tb" / run_name))
+
+    def log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
+                    self._tb.add_scalar(f"{record.get('phase', 'train')}/{key}", value,
+                                        record["step"])
+        if record["step"] % self.cfg.log_freq == 0:
+            log.info(
+                "%s step %4d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s  %.2fs  %.2f GiB",
+                record["phase"], record["step"], record["loss"], record["grad_norm"],
+                record["lr"], record["tokens_per_s"], record["step_time_s"], record["memory_gib"],
+            )
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()

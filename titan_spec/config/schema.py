@@ -1,0 +1,155 @@
+"""One dataclass per TOML table. Every field carries its help text in `metadata["help"]`;
+the README's config reference is generated from these (tools/config_reference.py) and a test
+keeps the two in sync. This module must not import torch: the launcher validates configs
+before it spawns any worker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str, choices: tuple | None = None):
+    """A config field with its help text (and optional allowed values)."""
+    meta = {"help": help}
+    if choices is not None:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Job:
+    name: str = opt("debug", "Run name, used in logs and as the TensorBoard run name.")
+    dump_folder: str = opt(
+        "./outputs/debug", "Folder for metrics.jsonl, checkpoints and TensorBoard events."
+    )
+    seed: int = opt(0, "Seed for weight init, data order and sampling; same seed, same run.")
+    description: str = opt("", "Free text, printed at start-up.")
+
+
+@dataclass
+class Model:
+    name: str = opt("qwen3", "Model family in the registry (titan_spec.models.registry).")
+    flavor: str = opt("debug", "Shape preset of the family, e.g. debug, debug_moe, 0.6B, 8B.")
+    tokenizer: str = opt(
+        "char", "'char' for the built-in character tokenizer of the synthetic tasks, "
+        "or a path to a Hugging Face tokenizer.json."
+    )
+
+
+@dataclass
+class Parallelism:
+    dp_replicate: int = opt(1, "Data-parallel replicas (HSDP outer axis); parameters replicated.")
+    dp_shard: int = opt(
+        -1, "FSDP2 shard degree; -1 means all ranks not used by dp_replicate and tp."
+    )
+    tp: int = opt(1, "Tensor-parallel degree (DTensor colwise/rowwise plans).")
+    ep: int = opt(
+        1, "Expert-parallel degree for MoE; experts are sharded over ranks borrowed from "
+        "dp_shard, so ep must divide dp_shard."
+    )
+    activation_checkpoint: str = opt(
+        "none", "Recompute activations in backward: none or full (every block).",
+        choices=("none", "full"),
+    )
+    compile: bool = opt(False, "torch.compile each transformer block (CUDA only; ignored on CPU).")
+    param_dtype: str = opt(
+        "float32", "FSDP2 mixed-precision compute dtype for parameters (bfloat16 on GPU).",
+        choices=("float32", "bfloat16"),
+    )
+    reduce_dtype: str = opt(
+        "float32", "FSDP2 gradient reduce-scatter dtype.", choices=("float32", "bfloat16")
+    )
+
+
+@dataclass
+class Training:
+    global_batch_size: int = opt(
+        16, "Sequences per optimizer step across all data-parallel ranks."
+    )
+    grad_accum_steps: int = opt(
+        1, "Micro-batches per optimizer step on each rank (global batch / dp / this per forward)."
+    )
+    seq_len: int = opt(128, "Maximum tokens per training sequence (longer samples are an error).")
+    max_grad_norm: float = opt(1.0, "Gradient clipping threshold on the global L2 norm; 0 disables.")
+    device: str = opt(
+        "auto", "auto (CUDA when present, else CPU), cpu or cuda.", choices=("auto", "cpu", "cuda")
+    )
+    threads_per_rank: int = opt(
+        1, "torch intra-op threads per CPU rank (ranks share the cores; 1 avoids oversubscription)."
+    )
+
+
+@dataclass
+class SFT:
+    steps: int = opt(200, "Supervised warm-start steps before RL (0 skips SFT).")
+    task: str = opt("arithmetic", "Synthetic task that generates SFT samples (rl/tasks registry).")
+    min_digits: int = opt(1, "Smallest operand length of the arithmetic task.")
+    max_digits: int = opt(3, "Largest operand length of the arithmetic task.")
+
+
+@dataclass
+class Optimizer:
+    name: str = opt("adamw", "Optimizer (adamw).", choices=("adamw",))
+    lr: float = opt(1e-3, "Peak learning rate.")
+    beta1: float = opt(0.9, "AdamW beta1.")
+    beta2: float = opt(0.95, "AdamW beta2.")
+    eps: float = opt(1e-8, "AdamW epsilon.")
+    weight_decay: float = opt(0.1, "Decoupled weight decay (not applied to norms and biases).")
+
+
+@dataclass
+class LRScheduler:
+    warmup_steps: int = opt(10, "Linear warm-up steps from 0 to the peak learning rate.")
+    decay: str = opt(
+        "cosine", "Shape after warm-up: cosine, linear or constant.",
+        choices=("cosine", "linear", "constant"),
+    )
+    min_lr_ratio: float = opt(0.1, "Final learning rate as a fraction of the peak.")
+
+
+@dataclass
+class Checkpoint:
+    enable: bool = opt(True, "Save DCP checkpoints.")
+    folder: str = opt("checkpoint", "Checkpoint folder, relative to job.dump_folder.")
+    interval: int = opt(100, "Save every this many steps (and at the last step).")
+    keep_latest_k: int = opt(3, "Keep this many newest checkpoints; 0 keeps all.")
+    load_path: str = opt(
+        "", "Checkpoint step folder to resume from; empty resumes from the newest complete "
+        "checkpoint in `folder` if there is one."
+    )
+    resume: bool = opt(True, "Resume from the newest checkpoint in `folder` when present.")
+
+
+@dataclass
+class Metrics:
+    log_freq: int = opt(1, "Console progress line every this many steps.")
+    enable_tensorboard: bool = opt(True, "Also write TensorBoard events when it is installed.")
+    log_all_ranks: bool = opt(False, "Print console logs from every rank, not only rank 0.")
+
+
+TABLES: dict[str, type] = {
+    "job": Job,
+    "model": Model,
+    "parallelism": Parallelism,
+    "training": Training,
+    "sft": SFT,
+    "optimizer": Optimizer,
+    "lr_scheduler": LRScheduler,
+    "checkpoint": Checkpoint,
+    "metrics": Metrics,
+}
+
+
+@dataclass
+class JobConfig:
+    job: Job = field(default_factory=Job)
+    model: Model = field(default_factory=Model)
+    parallelism: Parallelism = field(default_factory=Parallelism)
+    training: Training = field(default_factory=Training)
+    sft: SFT = field(default_factory=SFT)
+    optimizer: Optimizer = field(default_factory=Optimizer)
+    lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
+    checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    metrics: Metrics = field(default_factory=Metrics)

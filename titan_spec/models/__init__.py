@@ -1,0 +1,24 @@
+"""Models: plain nn.Modules plus a registry. `build_model` returns an initialised module on
+CPU (or a parameter-free one on the meta device, to be parallelised and materialised)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import qwen3  # noqa: F401  (registers "qwen3")
+from .registry import ModelSpec, get_model_spec, register
+
+
+def build_model(name: str, flavor: str, *, device="cpu", seed: int = 0, **overrides):
+    spec = get_model_spec(name)
+    args = spec.args(flavor, **overrides)
+    with torch.device("meta"):
+        model = spec.builder(args)
+    if str(device) == "meta":
+        return model
+    from titan_spec.parallel.init import materialize_and_init
+
+    return materialize_and_init(model, torch.device(device), seed)
+
+
+__all__ = ["ModelSpec", "build_model", "get_model_spec", "register"]

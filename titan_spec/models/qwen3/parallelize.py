@@ -1,0 +1,38 @@
+"""parallelize_qwen3: TP -> EP -> activation checkpointing -> compile -> FSDP2, applied in place
+to a plain (meta-device) Qwen3Model. The order matters: FSDP2 must see the DTensor parameters
+that TP/EP created so it shards on top of them (2-D)."""
+
+from __future__ import annotations
+
+import torch
+
+from titan_spec.parallel.activation_checkpoint import apply_activation_checkpointing
+from titan_spec.parallel.expert_parallel import apply_expert_parallel
+from titan_spec.parallel.fsdp import apply_fsdp
+from titan_spec.parallel.tensor_parallel import apply_tensor_parallel, check_tp_divisibility
+
+
+def parallelize_qwen3(model, parallel_dims, parallelism, device_type: str):
+    args = model.args
+    if parallel_dims.tp > 1:
+        check_tp_divisibility(args, parallel_dims.tp)
+        apply_tensor_parallel(model, parallel_dims.mesh("tp"))
+    if parallel_dims.ep > 1:
+        if not args.is_moe:
+            raise ValueError(
+                f"parallelism.ep={parallel_dims.ep} needs an MoE model, but flavor has no experts; "
+                "set parallelism.ep=1 or use an MoE flavor such as debug_moe."
+            )
+        if args.num_experts % parallel_dims.ep:
+            raise ValueError(
+                f"parallelism.ep={parallel_dims.ep} must divide num_experts={args.num_experts}."
+            )
+        apply_expert_parallel(model, parallel_dims.mesh("ep"))
+    if parallelism.activation_checkpoint == "full":
+        apply_activation_checkpointing(model)
+    if parallelism.compile and device_type == "cuda":
+        for name, block in list(model.layers.items()):
+            model.layers[name] = torch.compile(block)
+    if parallel_dims.fsdp_enabled:
+        apply_fsdp(model, parallel_dims, parallelism.param_dtype, parallelism.reduce_dtype)
+    return model

@@ -1,0 +1,37 @@
+"""TrainSpec-style registry: model name -> flavors, builder, parallelize fn, HF adapter."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+_REGISTRY: dict[str, "ModelSpec"] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    flavors: dict
+    builder: Callable  # args -> nn.Module (plain, no parallelism)
+    parallelize: Callable  # (model, parallel_dims, parallelism_cfg, device_type) -> model
+    from_hf: Callable  # (hf_state_dict, args) -> our state dict
+    to_hf: Callable  # (our state dict, args) -> hf_state_dict
+
+    def args(self, flavor: str, **overrides):
+        if flavor not in self.flavors:
+            close = difflib.get_close_matches(flavor, self.flavors, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown flavor '{flavor}' for model '{self.name}'; known: "
+                             f"{', '.join(self.flavors)}.{hint}")
+        return self.flavors[flavor].with_overrides(**overrides)
+
+
+def register(spec: ModelSpec) -> None:
+    _REGISTRY[spec.name] = spec
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model '{name}'; registered: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]

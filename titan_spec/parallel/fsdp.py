@@ -1,0 +1,38 @@
+"""FSDP2 (fully_shard) per transformer block, experts separately on their own mesh.
+
+Gradients are SUMMED across data-parallel ranks (divide factor 1): the loss on each rank is
+already divided by the global number of valid tokens, so a sum gives the exact global mean,
+whatever the layout. gloo has no PREMUL_SUM, hence force-sum reductions."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _sum_gradients(module: FSDPModule) -> None:
+    module.set_gradient_divide_factor(1.0)
+    module.set_force_sum_reduction_for_comms(True)
+
+
+def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: str) -> None:
+    policy = MixedPrecisionPolicy(param_dtype=_DTYPES[param_dtype],
+                                  reduce_dtype=_DTYPES[reduce_dtype])
+    mesh = parallel_dims.fsdp_mesh()
+    sharded = []
+    for block in model.layers.values():
+        inner = getattr(block, "_checkpoint_wrapped_module", block)
+        inner = getattr(inner, "_orig_mod", inner)
+        if hasattr(inner, "moe") and parallel_dims.ep > 1:
+            experts = fully_shard(inner.moe.experts, mesh=parallel_dims.expert_fsdp_mesh(),
+                                  mp_policy=policy)
+            sharded.append(experts)
+        sharded.append(fully_shard(block, mesh=mesh, mp_policy=policy))
+    # The root keeps embedding, final norm and head; no reshard after forward since backward
+    # starts with the head right away.
+    sharded.append(fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False))
+    for module in sharded:
+        _sum_gradients(module)

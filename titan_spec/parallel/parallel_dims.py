@@ -1,0 +1,107 @@
+"""ParallelDims: validates parallel degrees against the world size and owns every DeviceMesh.
+
+Layout (outer -> inner): dp_replicate x dp_shard x tp, where dp_shard = dp_shard_mod_ep x ep.
+Expert parallelism borrows its ranks from dp_shard (as torchtitan does): experts are sharded over
+`ep`, and their FSDP2 sharding uses what is left of dp_shard. Meshes travel as arguments; there is
+no global process-group state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def resolve_degrees(dp_replicate: int, dp_shard: int, tp: int, ep: int, world_size: int):
+    """Return (dp_replicate, dp_shard, tp, ep) with dp_shard resolved; ValueError with the fix."""
+    for name, value in (("dp_replicate", dp_replicate), ("tp", tp), ("ep", ep)):
+        if value < 1:
+            raise ValueError(f"parallelism.{name}={value} must be >= 1.")
+    if world_size % (dp_replicate * tp) != 0:
+        valid_tp = [d for d in _divisors(world_size // dp_replicate or 1)]
+        raise ValueError(
+            f"parallelism.tp={tp} x dp_replicate={dp_replicate} does not divide the world size "
+            f"{world_size}. With {world_size} rank(s) and dp_replicate={dp_replicate}, tp can be "
+            f"one of {valid_tp}; or launch with NPROC a multiple of {dp_replicate * tp}."
+        )
+    if dp_shard == -1:
+        dp_shard = world_size // (dp_replicate * tp)
+    product = dp_replicate * dp_shard * tp
+    if product != world_size:
+        raise ValueError(
+            f"parallelism degrees dp_replicate={dp_replicate} x dp_shard={dp_shard} x tp={tp} = "
+            f"{product}, but the world size is {world_size}. Set parallelism.dp_shard=-1 to use "
+            f"the remaining ranks, or launch with NPROC={product}."
+        )
+    if dp_shard % ep != 0:
+        raise ValueError(
+            f"parallelism.ep={ep} must divide dp_shard={dp_shard} (expert parallelism borrows "
+            f"ranks from the FSDP shard axis). Valid ep here: {_divisors(dp_shard)}."
+        )
+    return dp_replicate, dp_shard, tp, ep
+
+
+@dataclass
+class ParallelDims:
+    dp_replicate: int
+    dp_shard: int
+    tp: int
+    ep: int
+    world_size: int
+    _meshes: dict = field(default_factory=dict, repr=False)
+
+    def __post_init__(self):
+        self.dp_replicate, self.dp_shard, self.tp, self.ep = resolve_degrees(
+            self.dp_replicate, self.dp_shard, self.tp, self.ep, self.world_size
+        )
+
+    @classmethod
+    def from_config(cls, parallelism, world_size: int) -> "ParallelDims":
+        return cls(parallelism.dp_replicate, parallelism.dp_shard, parallelism.tp,
+                   parallelism.ep, world_size)
+
+    @property
+    def dp(self) -> int:
+        """Data-parallel degree: ranks that see different data."""
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def fsdp_enabled(self) -> bool:
+        return self.dp > 1
+
+    def build_meshes(self, device_type: str) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        shape = (self.dp_replicate, self.dp_shard // self.ep, self.ep, self.tp)
+        names = ("dp_replicate", "dp_shard_mod_ep", "ep", "tp")
+        world = init_device_mesh(device_type, shape, mesh_dim_names=names)
+        world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
+        world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+        self._meshes["world"] = world
+
+    @property
+    def world_mesh(self):
+        if "world" not in self._meshes:
+            raise RuntimeError("ParallelDims.build_meshes() must run before meshes are used.")
+        return self._meshes["world"]
+
+    def mesh(self, *names: str):
+        """A sub-mesh by axis names, e.g. mesh('tp') or mesh('dp_replicate', 'dp_shard')."""
+        return self.world_mesh[names if len(names) > 1 else names[0]]
+
+    def fsdp_mesh(self):
+        """Mesh over which dense parameters are sharded (2-D for HSDP)."""
+        if self.dp_replicate > 1:
+            return self.mesh("dp_replicate", "dp_shard")
+        return self.mesh("dp_shard")
+
+    def expert_fsdp_mesh(self):
+        """Mesh over which expert parameters are sharded once `ep` has taken its ranks."""
+        if self.dp_replicate > 1:
+            return self.mesh("dp_replicate", "dp_shard_mod_ep")
+        return self.mesh("dp_shard_mod_ep")
+
+    def dp_rank(self) -> int:
+        return self.mesh("dp").get_local_rank()

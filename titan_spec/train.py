@@ -1,0 +1,54 @@
+"""Entry point: parse config -> Trainer -> train().
+
+    python -m titan_spec.train --config debug_model.toml [--section.key=value ...]
+    python -m titan_spec.train --config ... --preflight --world-size N   (checks only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from titan_spec.config import ConfigError, load_config
+
+
+def _setup_logging(log_all_ranks: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if rank == 0 or log_all_ranks else logging.WARNING
+    prefix = f"[rank{rank}] " if log_all_ranks else ""
+    logging.basicConfig(level=level, format=f"{prefix}%(asctime)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stdout, force=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="titan_spec.train", allow_abbrev=False)
+    parser.add_argument("--config", "--job.config_file", dest="config", default=None,
+                        help="TOML path, or a NAME looked up in train_configs/")
+    parser.add_argument("--preflight", action="store_true",
+                        help="validate config and layout for --world-size, then exit")
+    parser.add_argument("--world-size", type=int, default=None)
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        cfg = load_config(args.config, overrides)
+        _setup_logging(cfg.metrics.log_all_ranks)
+        from titan_spec.trainer import Trainer, preflight
+
+        if args.preflight:
+            preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+            return 0
+        trainer = Trainer(cfg)
+    except ValueError as err:  # ConfigError, bad layout, bad checkpoint: the user's to fix
+        kind = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"titan-spec: {kind}: {err}", file=sys.stderr)
+        return 2
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
