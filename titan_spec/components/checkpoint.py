@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -157,10 +158,11 @@ class CheckpointManager:
             dcp.load(state, checkpoint_id=str(path))
             set_model_state_dict(self.model, state["model"])
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
-        except Exception as err:  # DCP raises many types; name the checkpoint and the cause.
+        except (Exception, CheckpointException) as err:  # DCP wraps per-rank tracebacks
+            cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [repr(err)]
             raise CheckpointError(
-                f"could not load checkpoint {path} into this model ({type(err).__name__}: "
-                f"{err}). Check that model.name/flavor match the run that saved it."
+                f"could not load checkpoint {path} into this model ({cause[0].strip()}). "
+                "Check that model.name/flavor match the run that saved it."
             ) from err
         train_state = json.loads((path / TRAIN_STATE).read_text())
         self.scheduler.load_state_dict(train_state.pop("scheduler"))

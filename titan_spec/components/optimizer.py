@@ -46,7 +46,9 @@ def global_grad_norm(params) -> torch.Tensor:
         local_sum = torch.stack(squares).sum()
         if mesh is not None:
             for axis, placement in enumerate(sample.placements):
-                if placement.is_shard() or placement.is_partial():
+                # Anything but Replicate (Shard, _StridedShard from FSDP2 over TP, Partial)
+                # holds a part of the sum.
+                if not placement.is_replicate():
                     dist.all_reduce(local_sum, group=mesh.get_group(axis))
         total = total + local_sum.cpu()
     return total.sqrt()

@@ -7,6 +7,7 @@ no global process-group state."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 
@@ -77,9 +78,10 @@ class ParallelDims:
         shape = (self.dp_replicate, self.dp_shard // self.ep, self.ep, self.tp)
         names = ("dp_replicate", "dp_shard_mod_ep", "ep", "tp")
         world = init_device_mesh(device_type, shape, mesh_dim_names=names)
-        world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
-        world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+        # Keep flattened meshes ourselves: slicing them back out of the root is deprecated.
         self._meshes["world"] = world
+        self._meshes["dp_shard"] = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
+        self._meshes["dp"] = world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
 
     @property
     def world_mesh(self):
@@ -89,7 +91,13 @@ class ParallelDims:
 
     def mesh(self, *names: str):
         """A sub-mesh by axis names, e.g. mesh('tp') or mesh('dp_replicate', 'dp_shard')."""
-        return self.world_mesh[names if len(names) > 1 else names[0]]
+        if len(names) == 1 and names[0] in self._meshes:
+            return self._meshes[names[0]]
+        with warnings.catch_warnings():
+            # HSDP's (dp_replicate, dp_shard) needs the flattened dp_shard next to a root axis;
+            # torch only offers that through root slicing, which now warns.
+            warnings.simplefilter("ignore", UserWarning)
+            return self.world_mesh[names if len(names) > 1 else names[0]]
 
     def fsdp_mesh(self):
         """Mesh over which dense parameters are sharded (2-D for HSDP)."""

@@ -1,0 +1,82 @@
+"""Shared test helpers: run the real Trainer in-process or in N spawned gloo ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+# Small, fast settings shared by parity and checkpoint tests.
+FAST = [
+    "--training.global_batch_size=8",
+    "--training.seq_len=64",
+    "--sft.max_digits=2",
+    "--metrics.enable_tensorboard=false",
+    "--lr_scheduler.warmup_steps=2",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_trainer(config: str, overrides: list[str], out_file: str | None = None,
+                stop_at: int | None = None) -> dict:
+    """Train in this process; return {'losses': [...], 'grad_norms': [...], 'weights': {...}}.
+    `stop_at` ends the run early after that step's checkpoint, as a crash would."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from titan_spec.config import load_config
+    from titan_spec.trainer import Trainer
+
+    trainer = Trainer(load_config(config, FAST + list(overrides)))
+    records = []
+    try:
+        while trainer.step < trainer.cfg.sft.steps:
+            trainer.step += 1
+            records.append(trainer.train_step(trainer.step))
+            ckpt = trainer.cfg.checkpoint
+            if ckpt.enable and (trainer.step % ckpt.interval == 0):
+                trainer.checkpoint.save(trainer.step, {"data_position": trainer.step})
+            if trainer.step == stop_at:
+                break
+        weights = get_model_state_dict(
+            trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    finally:
+        rank = trainer.env.rank
+        trainer.close()
+    result = {"losses": [r["loss"] for r in records],
+              "grad_norms": [r["grad_norm"] for r in records],
+              "steps": [r["step"] for r in records],
+              "weights": {k: v.clone() for k, v in weights.items()}}
+    if out_file is not None and rank == 0:
+        torch.save(result, out_file)
+    return result
+
+
+def _worker(rank, world_size, port, config, overrides, out_file, stop_at):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    run_trainer(config, overrides, out_file, stop_at)
+
+
+def run_distributed(world_size: int, config: str, overrides: list[str], tmp_path: Path,
+                    stop_at: int | None = None) -> dict:
+    """Run the Trainer on `world_size` spawned gloo ranks; return rank 0's result."""
+    out_file = str(tmp_path / f"result-{free_port()}.pt")
+    mp.start_processes(_worker, args=(world_size, free_port(), config, list(overrides), out_file,
+                                          stop_at),
+                       nprocs=world_size, join=True, start_method="spawn")
+    return torch.load(out_file, weights_only=True)
+
+
+def read_metrics(folder) -> list[dict]:
+    return [json.loads(line) for line in Path(folder, "metrics.jsonl").read_text().splitlines()]

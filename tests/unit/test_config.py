@@ -1,0 +1,104 @@
+import pytest
+
+from titan_spec.config import ConfigError, load_config, to_toml
+from titan_spec.config.loader import CONFIG_DIR
+from titan_spec.trainer import preflight
+
+
+def test_every_shipped_config_loads():
+    for path in CONFIG_DIR.glob("*.toml"):
+        load_config(str(path))
+
+
+def test_round_trip(tmp_path):
+    cfg = load_config("debug_model.toml", ["--training.seq_len=77", "--job.name=x y \"q\""])
+    path = tmp_path / "again.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(str(path)) == cfg
+
+
+def test_name_lookup_with_and_without_suffix():
+    assert load_config("debug_model") == load_config("debug_model.toml")
+
+
+def test_cli_override_wins_over_file():
+    cfg = load_config("debug_model.toml", ["--optimizer.lr=0.5", "--sft.steps", "7"])
+    assert cfg.optimizer.lr == 0.5 and cfg.sft.steps == 7
+
+
+def test_int_widens_to_float():
+    assert load_config(None, ["--optimizer.lr=1"]).optimizer.lr == 1.0
+
+
+def test_unknown_key_names_file_and_suggests(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[training]\nglobal_batchsize = 4\n")
+    with pytest.raises(ConfigError, match=r"\[training\]\.global_batchsize in .*bad\.toml.*"
+                                          r"Did you mean 'global_batch_size'"):
+        load_config(str(path))
+
+
+def test_unknown_table_suggests():
+    with pytest.raises(ConfigError, match="Did you mean 'optimizer'"):
+        load_config(None, ["--optimiser.lr=1"])
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[sft]\nsteps = "ten"\n')
+    with pytest.raises(ConfigError, match=r"\[sft\]\.steps in .*bad\.toml: expected int"):
+        load_config(str(path))
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="expected an integer, got boolean"):
+        load_config(None, ["--sft.steps=true"])
+
+
+def test_bad_choice_lists_valid_values():
+    with pytest.raises(ConfigError, match="cosine, linear, constant"):
+        load_config(None, ["--lr_scheduler.decay=exp"])
+
+
+def test_impossible_value():
+    with pytest.raises(ConfigError, match="min_digits"):
+        load_config(None, ["--sft.min_digits=5", "--sft.max_digits=2"])
+
+
+def test_malformed_cli_argument():
+    with pytest.raises(ConfigError, match="--section.key=value"):
+        load_config(None, ["seq_len=3"])
+
+
+def test_missing_config_suggests_closest():
+    with pytest.raises(ConfigError, match="Did you mean 'debug_model.toml'"):
+        load_config("debug_modle.toml")
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    (["--parallelism.tp=3"], 2, r"tp can be one of \[1, 2\]"),
+    (["--parallelism.dp_shard=4"], 2, "world size is 2"),
+    (["--parallelism.ep=2"], 2, "needs an MoE flavor"),
+    (["--model.flavor=debug_moe", "--parallelism.ep=3", "--parallelism.dp_shard=3"], 3,
+     "must divide num_experts|needs an MoE flavor"),
+    (["--parallelism.ep=4"], 2, r"must divide dp_shard=2"),
+    (["--training.global_batch_size=5"], 2, "must be divisible by"),
+    (["--parallelism.tp=4"], 4, r"must divide the model's \{'n_kv_heads': 2\}"),
+    (["--parallelism.tp=2", "--training.grad_accum_steps=2"], 4, None),
+])
+def test_layout_errors(overrides, world, message):
+    cfg = load_config("debug_model.toml", overrides)
+    if message is None:
+        preflight(cfg, world)
+        return
+    with pytest.raises(ValueError, match=message):
+        preflight(cfg, world)
+
+
+def test_readme_config_reference_is_current():
+    from pathlib import Path
+
+    from tools.config_reference import render
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert render() in readme, "run `python -m tools.config_reference --write` to refresh README"
