@@ -14,7 +14,7 @@ from tests.helpers import read_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--config", "debug_model.toml", "--sft.steps=6", "--metrics.enable_tensorboard=false",
-        "--checkpoint.enable=false"]
+        "--checkpoint.enable=false", "--metrics.log_freq=2"]
 
 
 def _env(**extra):
