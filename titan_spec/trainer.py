@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from titan_spec.parallel.init import materialize_and_init
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
 from titan_spec.rl.tasks import build_task
+from titan_spec.rollout.greedy import greedy_decode
 
 log = logging.getLogger("titan_spec")
 
@@ -50,7 +52,8 @@ def setup_distributed(training_cfg) -> Env:
         device = torch.device("cpu")
         torch.set_num_threads(training_cfg.threads_per_rank)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", device_id=device if use_cuda else None)
+        dist.init_process_group("nccl" if use_cuda else "gloo",
+                                device_id=device if use_cuda else None)
     return Env(rank, world_size, device)
 
 
@@ -96,9 +99,9 @@ class Trainer:
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.sft.steps)
-        task = build_task(cfg.sft.task, min_digits=cfg.sft.min_digits,
-                          max_digits=cfg.sft.max_digits)
-        self.data = SFTDataSource(task, self.tokenizer, cfg.training.global_batch_size,
+        self.task = build_task(cfg.sft.task, min_digits=cfg.sft.min_digits,
+                               max_digits=cfg.sft.max_digits)
+        self.data = SFTDataSource(self.task, self.tokenizer, cfg.training.global_batch_size,
                                   cfg.training.seq_len, cfg.job.seed)
         self.checkpoint = CheckpointManager(cfg.checkpoint, cfg.job.dump_folder, self.model,
                                             self.optimizer, self.scheduler, self.env.rank,
@@ -121,8 +124,7 @@ class Trainer:
         if model.args.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model vocab {model.args.vocab_size} < tokenizer vocab "
                              f"{self.tokenizer.vocab_size}; pick a matching model.flavor.")
-        if self.env.world_size > 1:
-            spec.parallelize(model, self.dims, cfg.parallelism, self.env.device.type)
+        spec.parallelize(model, self.dims, cfg.parallelism, self.env.device.type)
         materialize_and_init(model, self.env.device, cfg.job.seed)
         n_params = model.args.num_params()
         log.info("model %s/%s: %.2fM parameters, layout dp_replicate=%d dp_shard=%d tp=%d ep=%d",
@@ -174,8 +176,31 @@ class Trainer:
                 "lr": lr, "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
                 "memory_gib": memory_gib(self.env.device)}
 
+    def evaluate(self) -> dict:
+        """Greedy accuracy on held-out problems (a stream disjoint from the training data);
+        each data-parallel rank solves its share."""
+        count = self.cfg.sft.eval_problems
+        rng = random.Random(f"eval:{self.cfg.job.seed}")
+        problems = [self.task.sample(rng) for _ in range(count)]
+        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
+        mine = problems[dp_rank::self.dims.dp]
+        tok = self.tokenizer
+        prompts = [([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(p.prompt)
+                   for p in mine]
+        self.model.eval()
+        max_new = self.cfg.training.seq_len - max(map(len, prompts))
+        outputs = greedy_decode(self.model, prompts, max_new, tok.eos_id, tok.pad_id,
+                                self.env.device, tok.vocab_size, self.dims.tp)
+        correct = sum(self.task.reward(problem, tok.decode(ids))
+                      for problem, ids in zip(mine, outputs, strict=True))
+        total = self._all_reduce_dp(torch.tensor([correct, len(mine)], dtype=torch.float64))
+        return {"step": self.step, "phase": "eval", "accuracy": float(total[0] / total[1]),
+                "num_problems": int(total[1])}
+
     def train(self) -> None:
         total = self.cfg.sft.steps
+        if self.cfg.sft.eval_problems and self.step == 0:
+            self.metrics.log(self.evaluate())
         if self.step >= total:
             log.warning("checkpoint is already at step %d >= sft.steps=%d: nothing to train. "
                         "Use a new job.dump_folder or --checkpoint.resume=false to start over.",
@@ -186,6 +211,8 @@ class Trainer:
             self.metrics.log(self.train_step(self.step))
             if ckpt.enable and (self.step % ckpt.interval == 0 or self.step == total):
                 self.checkpoint.save(self.step, {"data_position": self.step})
+        if self.cfg.sft.eval_problems and total > 0:
+            self.metrics.log(self.evaluate())
 
     def close(self) -> None:
         self.metrics.close()

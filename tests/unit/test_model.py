@@ -51,8 +51,9 @@ def test_moe_matches_slow_per_token_loop():
     for t, token in enumerate(x.reshape(-1, 16)):
         top = probs[t].topk(2)
         gates = top.values / top.values.sum()
-        for gate, e in zip(gates, top.indices):
-            hidden = torch.nn.functional.silu(token @ moe.experts.w1[e]) * (token @ moe.experts.w3[e])
+        for gate, e in zip(gates, top.indices, strict=True):
+            gated = torch.nn.functional.silu(token @ moe.experts.w1[e])
+            hidden = gated * (token @ moe.experts.w3[e])
             expected[t] += gate * (hidden @ moe.experts.w2[e])
     torch.testing.assert_close(out.reshape(-1, 16), expected, atol=1e-5, rtol=1e-5)
 

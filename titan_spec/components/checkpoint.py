@@ -144,7 +144,7 @@ class CheckpointManager:
             return path
         if not self.cfg.resume:
             return None
-        for step, path in reversed(list_checkpoints(self.folder)):
+        for _, path in reversed(list_checkpoints(self.folder)):
             try:
                 verify(path)
                 return path

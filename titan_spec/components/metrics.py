@@ -23,6 +23,18 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+_CONSOLE = (("loss", "loss {:.4f}"), ("accuracy", "accuracy {:.3f}"),
+            ("grad_norm", "grad_norm {:.3f}"), ("lr", "lr {:.2e}"),
+            ("tokens_per_s", "{:.0f} tok/s"), ("step_time_s", "{:.2f}s"),
+            ("memory_gib", "{:.2f} GiB"))
+
+
+def console_line(record: dict) -> str:
+    parts = [f"{record['phase']} step {record['step']:4d}"]
+    parts += [fmt.format(record[key]) for key, fmt in _CONSOLE if key in record]
+    return "  ".join(parts)
+
+
 class MetricsLogger:
     def __init__(self, dump_folder: str, cfg, run_name: str, is_main: bool, resumed: bool):
         self.is_main, self.cfg = is_main, cfg
@@ -54,12 +66,8 @@ class MetricsLogger:
                 if isinstance(value, (int, float)) and key != "step" and math.isfinite(value):
                     self._tb.add_scalar(f"{record.get('phase', 'train')}/{key}", value,
                                         record["step"])
-        if record["step"] % self.cfg.log_freq == 0:
-            log.info(
-                "%s step %4d  loss %.4f  grad_norm %.3f  lr %.2e  %.0f tok/s  %.2fs  %.2f GiB",
-                record["phase"], record["step"], record["loss"], record["grad_norm"],
-                record["lr"], record["tokens_per_s"], record["step_time_s"], record["memory_gib"],
-            )
+        if record["phase"] == "eval" or record["step"] % self.cfg.log_freq == 0:
+            log.info("%s", console_line(record))
 
     def close(self) -> None:
         if self._tb is not None:

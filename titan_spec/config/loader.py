@@ -94,7 +94,8 @@ def _apply_table(obj, table: dict, table_name: str, source: str) -> None:
 def apply_dict(cfg: JobConfig, data: dict, source: str) -> JobConfig:
     for table_name, table in data.items():
         if table_name not in TABLES:
-            raise ConfigError(f"unknown table [{table_name}] in {source}.{_suggest(table_name, TABLES)}")
+            hint = _suggest(table_name, TABLES)
+            raise ConfigError(f"unknown table [{table_name}] in {source}.{hint}")
         if not isinstance(table, dict):
             raise ConfigError(f"[{table_name}] in {source} must be a table, got {table!r}.")
         _apply_table(getattr(cfg, table_name), table, table_name, source)
@@ -161,8 +162,10 @@ def validate(cfg: JobConfig) -> None:
     _check(t.threads_per_rank >= 1, "training.threads_per_rank", "must be >= 1.")
     for key in ("dp_replicate", "tp", "ep"):
         _check(getattr(p, key) >= 1, f"parallelism.{key}", "must be >= 1.")
-    _check(p.dp_shard == -1 or p.dp_shard >= 1, "parallelism.dp_shard", "must be -1 (auto) or >= 1.")
+    _check(p.dp_shard == -1 or p.dp_shard >= 1, "parallelism.dp_shard",
+           "must be -1 (auto) or >= 1.")
     _check(s.steps >= 0, "sft.steps", "must be >= 0.")
+    _check(s.eval_problems >= 0, "sft.eval_problems", "must be >= 0 (0 disables).")
     _check(1 <= s.min_digits <= s.max_digits, "sft.min_digits",
            f"need 1 <= min_digits ({s.min_digits}) <= max_digits ({s.max_digits}).")
     o = cfg.optimizer

@@ -72,7 +72,9 @@ class Training:
         1, "Micro-batches per optimizer step on each rank (global batch / dp / this per forward)."
     )
     seq_len: int = opt(128, "Maximum tokens per training sequence (longer samples are an error).")
-    max_grad_norm: float = opt(1.0, "Gradient clipping threshold on the global L2 norm; 0 disables.")
+    max_grad_norm: float = opt(
+        1.0, "Gradient clipping threshold on the global L2 norm; 0 disables."
+    )
     device: str = opt(
         "auto", "auto (CUDA when present, else CPU), cpu or cuda.", choices=("auto", "cpu", "cuda")
     )
@@ -87,6 +89,10 @@ class SFT:
     task: str = opt("arithmetic", "Synthetic task that generates SFT samples (rl/tasks registry).")
     min_digits: int = opt(1, "Smallest operand length of the arithmetic task.")
     max_digits: int = opt(3, "Largest operand length of the arithmetic task.")
+    eval_problems: int = opt(
+        64, "Held-out problems solved greedily before and after SFT (accuracy is logged as "
+        "phase 'eval'); 0 disables."
+    )
 
 
 @dataclass

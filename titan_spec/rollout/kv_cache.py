@@ -14,7 +14,7 @@ class LayerKVCache:
         self.keys, self.values, self.key_positions = keys, values, key_positions
 
     def update(self, new_keys, new_values, positions):
-        """new_keys/new_values [B, T, H, D] at positions [B, T] -> full buffers and key positions."""
+        """new_keys/new_values [B, T, H, D] at positions [B, T] -> full buffers, key positions."""
         batch_index = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
         self.keys[batch_index, positions] = new_keys.to(self.keys.dtype)
         self.values[batch_index, positions] = new_values.to(self.values.dtype)

@@ -42,7 +42,8 @@ class Qwen3Args:
         attn = self.dim * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         attn += 2 * self.head_dim  # q/k norms
         if self.is_moe:
-            ffn = self.num_experts * 3 * self.dim * self.moe_hidden_dim + self.dim * self.num_experts
+            router = self.dim * self.num_experts
+            ffn = self.num_experts * 3 * self.dim * self.moe_hidden_dim + router
         else:
             ffn = 3 * self.dim * self.hidden_dim
         per_layer = attn + ffn + 2 * self.dim

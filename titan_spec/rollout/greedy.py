@@ -1,0 +1,53 @@
+"""Greedy KV-cache decoding for evaluation. Every rank calls the model the same number of times
+(FSDP2 and TP forwards are collectives), so the loop stops only when all ranks are done."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .kv_cache import KVCache
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+                  device, vocab_size: int, tp_degree: int = 1) -> list[list[int]]:
+    """Left-aligned prompts of any lengths -> generated ids (without the prompt, up to eos).
+    Only the tokenizer's `vocab_size` ids are candidates: the model's padded rows never are."""
+    batch = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], device=device)
+    max_len = int(lengths.max()) + max_new_tokens
+    tokens = torch.full((batch, max_len), pad_id, dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt)] = torch.tensor(prompt, device=device)
+    cache = KVCache.for_model(model, batch, max_len, tp_degree=tp_degree, device=device,
+                              dtype=model.rope_cos.dtype)
+    # Prefill the common prefix length; shorter prompts feed their remaining prompt tokens
+    # one by one below (positions are per row, so rows move in lockstep).
+    start = int(lengths.min())
+    positions = torch.arange(start, device=device).expand(batch, start)
+    logits = model(tokens[:, :start], positions, kv_cache=cache)[:, -1]
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    for pos in range(start, max_len):
+        next_ids = logits[:, :vocab_size].argmax(-1)
+        in_prompt = pos < lengths
+        next_ids = torch.where(in_prompt, tokens[:, pos], next_ids)
+        next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
+        tokens[:, pos] = next_ids
+        finished |= ~in_prompt & ((next_ids == eos_id) | (pos + 1 - lengths >= max_new_tokens))
+        if _all_done(finished) or pos == max_len - 1:
+            break
+        logits = model(next_ids[:, None], torch.full((batch, 1), pos, device=device),
+                       kv_cache=cache)[:, -1]
+    out = []
+    for row in range(batch):
+        generated = tokens[row, len(prompts[row]):][:max_new_tokens].tolist()
+        out.append(generated[: generated.index(eos_id)] if eos_id in generated else generated)
+    return out
+
+
+def _all_done(finished: torch.Tensor) -> bool:
+    done = finished.all().to(torch.int32)
+    if dist.is_initialized():
+        dist.all_reduce(done, op=dist.ReduceOp.MIN)
+    return bool(done)
