@@ -217,4 +217,7 @@ class Trainer:
     def close(self) -> None:
         self.metrics.close()
         if dist.is_initialized():
+            # Without the barrier a rank that finishes first can tear gloo down while a peer's
+            # last collective is still in flight (seen as 'terminate called' aborts).
+            dist.barrier()
             dist.destroy_process_group()

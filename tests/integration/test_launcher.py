@@ -14,6 +14,7 @@ from tests.helpers import read_metrics
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--config", "debug_model.toml", "--sft.steps=6", "--metrics.enable_tensorboard=false",
+        "--sft.eval_problems=8",
         "--checkpoint.enable=false", "--metrics.log_freq=2"]
 
 
@@ -31,7 +32,10 @@ def _launch(folder, *extra, torchrun=False):
                "--nproc_per_node", "2", "--no-python", *cmd]
     proc = subprocess.run(cmd, env=_env(NPROC="2"), capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return read_metrics(folder), proc.stdout
+    records = read_metrics(folder)
+    evals = [r for r in records if r["phase"] == "eval"]
+    assert [(r["step"], r["num_problems"]) for r in evals] == [(0, 8), (6, 8)]
+    return [r for r in records if r["phase"] == "sft"], proc.stdout
 
 
 def test_launcher_layouts_agree(tmp_path):

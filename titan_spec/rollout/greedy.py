@@ -16,7 +16,11 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     Only the tokenizer's `vocab_size` ids are candidates: the model's padded rows never are."""
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
-    max_len = int(lengths.max()) + max_new_tokens
+    # Ranks hold different prompts but must run the same number of forwards (each one is a
+    # collective under FSDP2 / TP): agree on the prefill length and the loop bound.
+    start = _agree(int(lengths.min()), dist.ReduceOp.MIN, device)
+    longest = _agree(int(lengths.max()), dist.ReduceOp.MAX, device)
+    max_len = longest + max_new_tokens
     tokens = torch.full((batch, max_len), pad_id, dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = torch.tensor(prompt, device=device)
@@ -24,7 +28,6 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
                               dtype=model.rope_cos.dtype)
     # Prefill the common prefix length; shorter prompts feed their remaining prompt tokens
     # one by one below (positions are per row, so rows move in lockstep).
-    start = int(lengths.min())
     positions = torch.arange(start, device=device).expand(batch, start)
     logits = model(tokens[:, :start], positions, kv_cache=cache)[:, -1]
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -44,6 +47,14 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
         generated = tokens[row, len(prompts[row]):][:max_new_tokens].tolist()
         out.append(generated[: generated.index(eos_id)] if eos_id in generated else generated)
     return out
+
+
+def _agree(value: int, op, device) -> int:
+    if not dist.is_initialized():
+        return value
+    tensor = torch.tensor(value, device=device)
+    dist.all_reduce(tensor, op=op)
+    return int(tensor)
 
 
 def _all_done(finished: torch.Tensor) -> bool:
