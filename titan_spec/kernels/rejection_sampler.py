@@ -52,6 +52,13 @@ def rejection_sample(
                          f"{target_probs.shape[-1]}], got {tuple(draft_probs.shape)}.")
     uniforms, noise = draw_random(batch, k, target_probs.shape[-1], target_probs.device,
                                   generator)
+    return rejection_sample_given(draft_token_ids, draft_probs, target_probs, uniforms, noise)
+
+
+def rejection_sample_given(draft_token_ids, draft_probs, target_probs, uniforms, noise):
+    """rejection_sample with caller-drawn random numbers (uniforms [B, k] float64, noise
+    [B, V] > 0): the engine draws them per request so a request's result does not depend on
+    what else shares its batch."""
     if triton_available(target_probs.device):
         from .rejection_triton import rejection_sample_triton
 

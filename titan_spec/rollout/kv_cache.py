@@ -1,36 +1,51 @@
-"""Preallocated KV cache: one [B, max_seq_len, H_kv, D] key and value buffer per layer.
+"""Preallocated KV cache: one [max_batch_size, max_seq_len, H_kv, D] key and value buffer per
+layer, indexed by slot (continuous batching gives each running sequence a slot).
 
-Writes go to absolute positions, and attention masks keys by position (key_pos <= query_pos),
-so rewinding after a rejected draft is free: later writes overwrite the stale entries and the
-mask hides them until then."""
+Writes go to absolute positions and attention masks keys by position (key_pos <= query_pos), so
+rewinding after a rejected draft is free: the next forward overwrites the stale entries before
+any query can see them. A view limits attention to the first `attend_len` positions, so decode
+cost follows the longest live sequence, not max_seq_len."""
 
 from __future__ import annotations
 
 import torch
 
 
-class LayerKVCache:
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, key_positions: torch.Tensor):
+class LayerView:
+    def __init__(self, keys, values, key_positions, slots, attend_len: int):
         self.keys, self.values, self.key_positions = keys, values, key_positions
+        self.slots, self.attend_len = slots, attend_len
 
     def update(self, new_keys, new_values, positions):
-        """new_keys/new_values [B, T, H, D] at positions [B, T] -> full buffers, key positions."""
-        batch_index = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
-        self.keys[batch_index, positions] = new_keys.to(self.keys.dtype)
-        self.values[batch_index, positions] = new_values.to(self.values.dtype)
-        return self.keys, self.values, self.key_positions
+        """new_keys/new_values [B, T, H, D] at positions [B, T] -> keys/values [B, S, H, D] and
+        their positions [S], S = attend_len."""
+        rows = self.slots if self.slots is not None else torch.arange(
+            positions.shape[0], device=positions.device)
+        self.keys[rows.unsqueeze(1), positions] = new_keys.to(self.keys.dtype)
+        self.values[rows.unsqueeze(1), positions] = new_values.to(self.values.dtype)
+        span = slice(0, self.attend_len)
+        if self.slots is None:
+            return self.keys[:, span], self.values[:, span], self.key_positions[span]
+        return self.keys[rows, span], self.values[rows, span], self.key_positions[span]
+
+
+class KVCacheView:
+    def __init__(self, cache: "KVCache", slots, attend_len: int):
+        self.cache, self.slots, self.attend_len = cache, slots, attend_len
+
+    def layer(self, index: int) -> LayerView:
+        keys, values = self.cache.keys[index], self.cache.values[index]
+        return LayerView(keys, values, self.cache.key_positions, self.slots, self.attend_len)
 
 
 class KVCache:
     def __init__(self, num_layers: int, batch_size: int, max_seq_len: int, num_kv_heads: int,
                  head_dim: int, dtype=torch.float32, device=None):
         shape = (batch_size, max_seq_len, num_kv_heads, head_dim)
-        positions = torch.arange(max_seq_len, device=device)
-        self.layers = [
-            LayerKVCache(torch.zeros(shape, dtype=dtype, device=device),
-                         torch.zeros(shape, dtype=dtype, device=device), positions)
-            for _ in range(num_layers)
-        ]
+        self.max_batch_size, self.max_seq_len = batch_size, max_seq_len
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.key_positions = torch.arange(max_seq_len, device=device)
 
     @classmethod
     def for_model(cls, model, batch_size: int, max_seq_len: int, tp_degree: int = 1, **kw):
@@ -40,8 +55,12 @@ class KVCache:
         return cls(args.n_layers, batch_size, max_seq_len, args.n_kv_heads // tp_degree,
                    args.head_dim, **kw)
 
-    def layer(self, index: int) -> LayerKVCache:
-        return self.layers[index]
+    def view(self, slots: torch.Tensor | None = None, attend_len: int | None = None):
+        """Rows of the forward batch -> cache slots (None: row i is slot i)."""
+        return KVCacheView(self, slots, attend_len or self.max_seq_len)
+
+    def layer(self, index: int) -> LayerView:
+        return self.view().layer(index)
 
     def nbytes(self) -> int:
-        return sum(c.keys.nbytes + c.values.nbytes for c in self.layers)
+        return sum(t.nbytes for t in self.keys + self.values)

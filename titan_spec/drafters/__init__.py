@@ -1,0 +1,27 @@
+"""Drafters behind one protocol (drafters/base.py), built by name from a registry."""
+
+from __future__ import annotations
+
+import difflib
+
+from .base import Drafter, DraftRequest
+from .draft_model import DraftModelDrafter
+from .ngram import NgramDrafter
+
+DRAFTERS: dict[str, type] = {"draft_model": DraftModelDrafter, "ngram": NgramDrafter}
+
+
+def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
+    """kind in DRAFTERS; `target` is the policy (used by drafters that read its states)."""
+    if kind not in DRAFTERS:
+        close = difflib.get_close_matches(kind, DRAFTERS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ValueError(f"unknown drafter '{kind}'; available: {', '.join(DRAFTERS)}.{hint}")
+    cls = DRAFTERS[kind]
+    if cls is DraftModelDrafter and "model" not in kwargs:
+        raise ValueError("the draft_model drafter needs model=<a small causal LM with the "
+                         "target's tokenizer>.")
+    return cls(**kwargs)
+
+
+__all__ = ["DRAFTERS", "DraftRequest", "Drafter", "build_drafter"]

@@ -1,0 +1,240 @@
+"""RolloutEngine: prefill, then the speculative loop with continuous batching.
+
+Each iteration, for every running sequence: the drafter proposes k tokens; ONE target forward
+scores the pending last token plus the k drafts (k+1 positions, KV cache at per-sequence
+offsets); rejection_sample keeps a prefix and adds one token; the cache rewinds for free
+(position-masked). A finished sequence's slot takes the next prompt at once. The only host
+synchronisation per iteration is reading the emitted tokens for the stop checks.
+
+With drafter=None (or k=0) the same loop is the plain KV-cache sampler: the bonus draw from the
+target's processed distribution."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from titan_spec.drafters.base import DraftRequest
+from titan_spec.kernels.rejection_sampler import rejection_sample_given
+
+from .kv_cache import KVCache
+from .sampling import SamplingParams, process_logits
+
+_TINY = torch.finfo(torch.float32).tiny
+_STREAMS = ("draft", "accept", "residual")
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    logprobs: list[float]  # behaviour logprobs: target's processed distribution
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Sequence:
+    index: int
+    tokens: list[int]  # prompt + generated
+    prompt_len: int
+    group_id: object
+    generators: dict
+    logprobs: list[float] = field(default_factory=list)
+    stats: dict = field(default_factory=lambda: {"drafted": 0, "accepted": 0, "verify_steps": 0})
+    finish_reason: str | None = None
+
+    @property
+    def generated(self) -> int:
+        return len(self.tokens) - self.prompt_len
+
+
+class RolloutEngine:
+    def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
+                 max_seq_len: int = 512, vocab_size: int | None = None, policy=None):
+        if num_draft_tokens < 0:
+            raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
+        self.model, self.drafter = model, drafter
+        self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
+        self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        self.vocab_size = vocab_size or model.args.vocab_size
+        self.policy = policy  # chooses k per iteration (rollout/adaptive.py); None: fixed k
+        self.device = model.rope_cos.device
+        self.last_stats: dict = {}
+
+    # ---------------------------------------------------------------- public API
+    @torch.no_grad()
+    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
+                 group_ids: list | None = None) -> list[Completion]:
+        self._check_prompts(prompt_token_ids, group_ids)
+        base_seed = params.seed if params.seed is not None else int(
+            torch.randint(0, 2**31, (1,)))
+        queue = deque(range(len(prompt_token_ids)))
+        slots: list[_Sequence | None] = [None] * self.max_batch_size
+        results: list[Completion | None] = [None] * len(prompt_token_ids)
+        dtype = self.model.rope_cos.dtype
+        self.cache = KVCache.for_model(self.model, self.max_batch_size, self.max_seq_len,
+                                       dtype=dtype, device=self.device)
+        if self.drafter is not None:
+            self.drafter.start(self.max_batch_size, self.max_seq_len, self.device)
+        stats = {"iterations": 0, "sequence_steps": 0, "tokens": 0, "drafted": 0, "accepted": 0,
+                 "accepted_per_position": [0] * self.num_draft_tokens,
+                 "drafted_per_position": [0] * self.num_draft_tokens,
+                 "kv_cache_bytes": self.cache.nbytes(), "time_draft_s": 0.0,
+                 "time_verify_s": 0.0}
+        start = time.perf_counter()
+        try:
+            while queue or any(slots):
+                self._admit(queue, slots, prompt_token_ids, group_ids, params, base_seed)
+                active = [i for i, seq in enumerate(slots) if seq is not None]
+                self._step(active, slots, params, stats)
+                for slot in active:
+                    seq = slots[slot]
+                    if seq.finish_reason is not None:
+                        results[seq.index] = self._complete(seq)
+                        if self.drafter is not None:
+                            self.drafter.finish(slot, seq.tokens, seq.group_id)
+                        slots[slot] = None
+        finally:
+            if self.drafter is not None:
+                self.drafter.stop()
+            self.cache = None
+        stats["time_s"] = time.perf_counter() - start
+        stats["tokens_per_s"] = stats["tokens"] / max(stats["time_s"], 1e-9)
+        # Tokens emitted per sequence per verify step (1.0 without speculation).
+        stats["acceptance_length"] = stats["tokens"] / max(stats["sequence_steps"], 1)
+        self.last_stats = stats
+        return results
+
+    # ---------------------------------------------------------------- internals
+    def _check_prompts(self, prompts, group_ids):
+        if group_ids is not None and len(group_ids) != len(prompts):
+            raise ValueError(f"group_ids has {len(group_ids)} entries for {len(prompts)} prompts.")
+        for i, prompt in enumerate(prompts):
+            if not prompt:
+                raise ValueError(f"prompt {i} is empty; every prompt needs at least one token.")
+            if len(prompt) >= self.max_seq_len:
+                raise ValueError(f"prompt {i} has {len(prompt)} tokens, max_seq_len is "
+                                 f"{self.max_seq_len}; raise max_seq_len or shorten it.")
+            if max(prompt) >= self.vocab_size or min(prompt) < 0:
+                raise ValueError(f"prompt {i} has token ids outside [0, {self.vocab_size}).")
+
+    def _generators(self, base_seed: int, index: int) -> dict:
+        gens = {}
+        for stream_id, name in enumerate(_STREAMS):
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed((base_seed * 1_000_003 + index) * len(_STREAMS) + stream_id)
+            gens[name] = gen
+        return gens
+
+    def _admit(self, queue, slots, prompts, group_ids, params, base_seed):
+        free = [i for i, seq in enumerate(slots) if seq is None]
+        new_slots, new_prompts = [], []
+        for slot in free:
+            if not queue:
+                break
+            index = queue.popleft()
+            prompt = list(prompts[index])
+            group = group_ids[index] if group_ids is not None else None
+            slots[slot] = _Sequence(index, prompt, len(prompt), group,
+                                    self._generators(base_seed, index))
+            new_slots.append(slot)
+            new_prompts.append(prompt)
+        if new_slots:
+            self._prefill(new_slots, new_prompts)
+            if self.drafter is not None:
+                self.drafter.prefill(new_slots, new_prompts)
+
+    def _prefill(self, slots: list[int], prompts: list[list[int]]):
+        """Cache every prompt token but the last, which the first verify step feeds."""
+        longest = max(len(p) for p in prompts) - 1
+        if longest <= 0:
+            return
+        tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=self.device)
+        for row, prompt in enumerate(prompts):
+            tokens[row, : len(prompt) - 1] = torch.tensor(prompt[:-1], device=self.device)
+        positions = torch.arange(longest, device=self.device).expand(len(prompts), longest)
+        slot_ids = torch.tensor(slots, device=self.device)
+        self.model(tokens, positions, kv_cache=self.cache.view(slot_ids, longest))
+
+    def _choose_k(self, sequences: list[_Sequence]) -> int:
+        k = self.num_draft_tokens if self.policy is None else self.policy.choose(len(sequences))
+        room = min(self.max_seq_len - len(s.tokens) for s in sequences)
+        return max(0, min(k, room))
+
+    def _draft(self, active, sequences, k, params):
+        if k == 0:
+            return torch.zeros((len(active), 0), dtype=torch.long, device=self.device), None
+        request = DraftRequest(
+            slots=active, sequences=[s.tokens for s in sequences],
+            group_ids=[s.group_id for s in sequences], k=k, params=params,
+            generators=[s.generators["draft"] for s in sequences], vocab_size=self.vocab_size,
+            device=self.device)
+        return self.drafter.propose(request)
+
+    def _random(self, sequences, k):
+        uniforms = torch.stack([torch.rand(k, dtype=torch.float64, device=self.device,
+                                           generator=s.generators["accept"]) for s in sequences])
+        noise = torch.stack([torch.empty(self.vocab_size, device=self.device)
+                             .exponential_(generator=s.generators["residual"])
+                             for s in sequences]).clamp_(min=_TINY)
+        return uniforms, noise
+
+    def _step(self, active, slots, params, stats):
+        sequences = [slots[i] for i in active]
+        k = self._choose_k(sequences)
+        t0 = time.perf_counter()
+        draft_ids, draft_probs = self._draft(active, sequences, k, params)
+        t1 = time.perf_counter()
+        lengths = torch.tensor([len(s.tokens) for s in sequences], device=self.device)
+        last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
+        inputs = torch.cat([last.unsqueeze(1), draft_ids], dim=1)  # [B, k+1]
+        positions = (lengths - 1).unsqueeze(1) + torch.arange(k + 1, device=self.device)
+        view = self.cache.view(torch.tensor(active, device=self.device),
+                               max(len(s.tokens) for s in sequences) + k)
+        logits = self.model(inputs, positions, kv_cache=view)
+        target_probs = process_logits(logits[..., : self.vocab_size], params)  # [B, k+1, V]
+        uniforms, noise = self._random(sequences, k)
+        if draft_probs is not None:
+            draft_probs = draft_probs[..., : self.vocab_size]
+        emitted = rejection_sample_given(draft_ids, draft_probs, target_probs, uniforms, noise)
+        logprobs = target_probs.gather(-1, emitted.clamp(min=0).unsqueeze(-1)).squeeze(-1).log()
+        emitted_rows, logprob_rows = emitted.tolist(), logprobs.tolist()  # the one host sync
+        t2 = time.perf_counter()
+        stats["time_draft_s"] += t1 - t0
+        stats["time_verify_s"] += t2 - t1
+        stats["iterations"] += 1
+        stats["sequence_steps"] += len(sequences)
+        for seq, tokens, token_logprobs in zip(sequences, emitted_rows, logprob_rows,
+                                               strict=True):
+            self._commit(seq, tokens, token_logprobs, k, params, stats)
+        if self.policy is not None:
+            self.policy.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows)
+
+    def _commit(self, seq, tokens, token_logprobs, k, params, stats):
+        num_accepted = next((i for i, t in enumerate(tokens) if t < 0), k + 1) - 1
+        seq.stats["drafted"] += k
+        seq.stats["accepted"] += num_accepted
+        seq.stats["verify_steps"] += 1
+        stats["drafted"] += k
+        stats["accepted"] += num_accepted
+        for pos in range(k):
+            stats["drafted_per_position"][pos] += 1
+            stats["accepted_per_position"][pos] += int(pos < num_accepted)
+        for token, logprob in zip(tokens, token_logprobs, strict=True):
+            if token < 0:
+                break
+            seq.tokens.append(token)
+            seq.logprobs.append(logprob)
+            stats["tokens"] += 1
+            if token in params.stop_token_ids:
+                seq.finish_reason = "stop"
+            elif seq.generated >= params.max_new_tokens or len(seq.tokens) >= self.max_seq_len:
+                seq.finish_reason = "length"
+            if seq.finish_reason:
+                break
+
+    def _complete(self, seq: _Sequence) -> Completion:
+        stats = dict(seq.stats, finish_reason=seq.finish_reason)
+        return Completion(seq.tokens[seq.prompt_len:], seq.logprobs, stats)
