@@ -37,19 +37,18 @@ class NgramDrafter(Drafter):
         for slot, prompt in zip(slots, prompts, strict=True):
             self._prompt_len[slot] = len(prompt)
 
-    def _sources(self, row: int, request: DraftRequest) -> list[tuple[list[int], int]]:
+    def _sources(self, row: int, request: DraftRequest, by_group: dict):
         """(token list, tail to skip) in preference order: siblings, history, own context."""
         own = request.sequences[row]
         group = request.group_ids[row]
         prompt = tuple(own[: self._prompt_len[request.slots[row]]])
-        siblings = [seq for i, seq in enumerate(request.sequences)
-                    if i != row and group is not None and request.group_ids[i] == group]
+        siblings = [request.sequences[i] for i in by_group.get(group, ()) if i != row]
         return ([(seq, 0) for seq in siblings] + [(seq, 0) for seq in self.history[prompt]]
                 + [(own, 1)])
 
-    def _propose_row(self, row: int, request: DraftRequest) -> list[int]:
+    def _propose_row(self, row: int, request: DraftRequest, by_group: dict) -> list[int]:
         context = request.sequences[row]
-        sources = self._sources(row, request)
+        sources = self._sources(row, request, by_group)
         for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
             pattern = context[-n:]
             for source, skip in sources:
@@ -59,9 +58,13 @@ class NgramDrafter(Drafter):
         return []
 
     def propose(self, request: DraftRequest):
+        by_group: dict = defaultdict(list)
+        for row, group in enumerate(request.group_ids):
+            if group is not None:
+                by_group[group].append(row)
         rows = []
         for row in range(len(request.sequences)):
-            tokens = self._propose_row(row, request)
+            tokens = self._propose_row(row, request, by_group)
             # Every row drafts k tokens; padding by repeating the last token is still a valid
             # deterministic draft (lossless either way), it only costs verify compute.
             fill = tokens[-1] if tokens else request.sequences[row][-1]

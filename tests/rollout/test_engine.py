@@ -1,0 +1,182 @@
+"""RolloutEngine: greedy identity with every drafter, exact sequence distribution with every
+drafter (chi-square against probabilities enumerated from the model), stops, lengths,
+continuous batching, seeded determinism and behaviour logprobs."""
+
+import itertools
+
+import pytest
+import torch
+
+from tests.kernels.stats import P_VALUE_FLOOR, chi_square_p_value
+from titan_spec.drafters import build_drafter
+from titan_spec.drafters.base import Drafter
+from titan_spec.models import build_model
+from titan_spec.rollout.engine import RolloutEngine
+from titan_spec.rollout.sampling import SamplingParams, process_logits
+
+PROMPTS = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 3, 3, 3, 3, 4], [1, 2, 3], [1, 40, 41]]
+
+
+class WrongDrafter(Drafter):
+    """Always proposes token 0: almost every draft is rejected (exercises KV rewind)."""
+
+    name = "wrong"
+
+    def propose(self, request):
+        return torch.zeros((len(request.slots), request.k), dtype=torch.long), None
+
+
+@pytest.fixture(scope="module")
+def target():
+    return build_model("qwen3", "debug", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def drafters(target):
+    small = build_model("qwen3", "debug", seed=5, n_layers=1).eval()
+    return {
+        "ngram": lambda: build_drafter("ngram"),
+        "draft_model": lambda: build_drafter("draft_model", model=small),
+        "self_draft": lambda: build_drafter("draft_model", model=target),
+        "wrong": WrongDrafter,
+    }
+
+
+DRAFTER_NAMES = ["ngram", "draft_model", "self_draft", "wrong"]
+
+
+@pytest.mark.parametrize("name", DRAFTER_NAMES)
+@pytest.mark.parametrize("k", [1, 4])
+def test_greedy_is_token_for_token_identical(target, drafters, name, k):
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    plain = RolloutEngine(target, max_batch_size=2, max_seq_len=64).generate(PROMPTS, params)
+    engine = RolloutEngine(target, drafters[name](), num_draft_tokens=k, max_batch_size=3,
+                           max_seq_len=64)
+    spec = engine.generate(PROMPTS, params)
+    assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
+    if name == "self_draft":
+        assert engine.last_stats["acceptance_length"] > k  # the target agrees with itself
+
+
+def _exact_sequence_probs(model, prompt, length, params, vocab):
+    """P(every continuation of `length` tokens), enumerated with full forwards."""
+    outcomes = list(itertools.product(range(vocab), repeat=length))
+    seqs = torch.tensor([prompt + list(o) for o in outcomes])
+    with torch.no_grad():
+        probs = process_logits(model(seqs)[..., :vocab], params)
+    start = len(prompt) - 1
+    picked = probs[:, start:start + length].gather(-1, seqs[:, len(prompt):].unsqueeze(-1))
+    return picked.squeeze(-1).prod(dim=1), outcomes
+
+
+PARAMS = {
+    "t1": SamplingParams(temperature=1.0, max_new_tokens=3, seed=11),
+    "t0.7_top_p0.9": SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=3, seed=12),
+    "top_k3": SamplingParams(top_k=3, max_new_tokens=3, seed=13),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("params_name", list(PARAMS))
+@pytest.mark.parametrize("name", [None, "ngram", "draft_model"])
+def test_sequence_distribution_is_exact(target, drafters, name, params_name):
+    """20k three-token continuations over a 6-token vocabulary (216 outcomes) match the
+    target's exact sequence probabilities (p-value floor 1e-6 per test)."""
+    params, vocab, n = PARAMS[params_name], 6, 20_000
+    prompt = [1, 2, 3, 4]
+    exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
+    drafter = drafters[name]() if name else None
+    engine = RolloutEngine(target, drafter, num_draft_tokens=2, max_batch_size=2000,
+                           max_seq_len=16, vocab_size=vocab)
+    completions = engine.generate([prompt] * n, params)
+    index = {o: i for i, o in enumerate(outcomes)}
+    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
+    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+
+
+def test_stop_tokens_and_max_new_tokens(target, drafters):
+    free = RolloutEngine(target, max_batch_size=4, max_seq_len=64).generate(
+        PROMPTS, SamplingParams(temperature=0, max_new_tokens=20))
+    stop_token = free[0].token_ids[5]
+    params = SamplingParams(temperature=0, max_new_tokens=20, stop_token_ids=(stop_token,))
+    engine = RolloutEngine(target, drafters["self_draft"](), num_draft_tokens=4,
+                           max_batch_size=4, max_seq_len=64)
+    out = engine.generate(PROMPTS, params)
+    first = out[0].token_ids
+    assert first[-1] == stop_token and stop_token not in first[:-1]
+    assert out[0].stats["finish_reason"] == "stop"
+    for completion in out:
+        assert len(completion.token_ids) <= 20
+        if completion.stats["finish_reason"] == "length":
+            assert len(completion.token_ids) == 20  # exact even when 5 tokens land at once
+
+
+def test_max_seq_len_caps_generation(target, drafters):
+    engine = RolloutEngine(target, drafters["self_draft"](), num_draft_tokens=4,
+                           max_batch_size=2, max_seq_len=12)
+    out = engine.generate([[1, 2, 3]], SamplingParams(temperature=0, max_new_tokens=50))
+    assert len(out[0].token_ids) == 9 and out[0].stats["finish_reason"] == "length"
+
+
+def test_continuous_batching_refills_slots(target, drafters):
+    """More prompts than slots, very different lengths: every prompt completes, in order."""
+    prompts = [[1] + [7] * n for n in (1, 9, 2, 14, 3, 5, 8)]
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    engine = RolloutEngine(target, drafters["ngram"](), num_draft_tokens=3, max_batch_size=2,
+                           max_seq_len=40)
+    batched = engine.generate(prompts, params)
+    one_by_one = [RolloutEngine(target, max_batch_size=1, max_seq_len=40).generate([p], params)[0]
+                  for p in prompts]
+    assert [c.token_ids for c in batched] == [c.token_ids for c in one_by_one]
+
+
+def test_seeded_determinism_independent_of_batching(target, drafters):
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=7)
+    runs = [RolloutEngine(target, drafters["draft_model"](), num_draft_tokens=3,
+                          max_batch_size=size, max_seq_len=64).generate(PROMPTS, params)
+            for size in (1, 5, 5)]
+    tokens = [[c.token_ids for c in run] for run in runs]
+    assert tokens[0] == tokens[1] == tokens[2]
+    other = RolloutEngine(target, max_batch_size=5, max_seq_len=64).generate(
+        PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
+    assert [c.token_ids for c in other] != tokens[0]
+
+
+@pytest.mark.parametrize("name", [None, "draft_model"])
+def test_behaviour_logprobs_match_a_full_forward(target, drafters, name):
+    params = SamplingParams(temperature=0.8, top_k=20, max_new_tokens=10, seed=3)
+    drafter = drafters[name]() if name else None
+    out = RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
+                        max_seq_len=64).generate(PROMPTS, params)
+    for prompt, completion in zip(PROMPTS, out, strict=True):
+        seq = torch.tensor([prompt + completion.token_ids])
+        with torch.no_grad():
+            probs = process_logits(target(seq), params)[0, len(prompt) - 1:-1]
+        recomputed = probs.gather(-1, torch.tensor(completion.token_ids).unsqueeze(-1)).log()
+        torch.testing.assert_close(torch.tensor(completion.logprobs), recomputed.squeeze(-1),
+                                   atol=1e-5, rtol=0)
+
+
+def test_bad_prompts_are_explained(target):
+    engine = RolloutEngine(target, max_batch_size=2, max_seq_len=8)
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([[]], SamplingParams())
+    with pytest.raises(ValueError, match="max_seq_len"):
+        engine.generate([[1] * 8], SamplingParams())
+    with pytest.raises(ValueError, match="outside"):
+        engine.generate([[1, 999]], SamplingParams())
+
+
+@pytest.mark.slow
+def test_sequence_distribution_exact_with_group_siblings(target, drafters):
+    """GRPO groups of 8: drafts come from siblings' tokens (other rows' random streams)."""
+    params, vocab, n = PARAMS["t1"], 6, 20_000
+    prompt = [1, 2, 3, 4]
+    exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
+    engine = RolloutEngine(target, drafters["ngram"](), num_draft_tokens=2, max_batch_size=2000,
+                           max_seq_len=16, vocab_size=vocab)
+    completions = engine.generate([prompt] * n, params, group_ids=[i // 8 for i in range(n)])
+    index = {o: i for i, o in enumerate(outcomes)}
+    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
+    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+    assert engine.last_stats["accepted"] > 0
