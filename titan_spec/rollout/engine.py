@@ -20,6 +20,7 @@ import torch
 from titan_spec.drafters.base import DraftRequest
 from titan_spec.kernels.rejection_sampler import rejection_sample_given
 
+from .adaptive import AdaptiveK
 from .kv_cache import KVCache
 from .sampling import SamplingParams, process_logits
 
@@ -52,14 +53,16 @@ class _Sequence:
 
 class RolloutEngine:
     def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
-                 max_seq_len: int = 512, vocab_size: int | None = None, policy=None):
+                 max_seq_len: int = 512, vocab_size: int | None = None,
+                 adaptive: bool = False):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
         self.model, self.drafter = model, drafter
         self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size
-        self.policy = policy  # chooses k per iteration (rollout/adaptive.py); None: fixed k
+        # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py).
+        self.policy = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
         self.last_stats: dict = {}
 

@@ -68,6 +68,10 @@ FLAVORS: dict[str, Qwen3Args] = {
     "debug_moe": Qwen3Args(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
                            hidden_dim=384, vocab_size=64, max_seq_len=512, rope_theta=10_000.0,
                            num_experts=8, top_k=2, moe_hidden_dim=128),
+    # Rollout-benchmark target (~25M parameters, 100 MB in fp32): large enough that a CPU decode
+    # step is bound by reading the weights, so verifying k+1 positions costs about one step.
+    "bench_25M": Qwen3Args(dim=512, n_layers=8, n_heads=8, n_kv_heads=4, head_dim=64,
+                           hidden_dim=1536, vocab_size=64, max_seq_len=512, rope_theta=10_000.0),
     "0.6B": Qwen3Args(dim=1024, n_layers=28, n_heads=16, n_kv_heads=8, head_dim=128,
                       hidden_dim=3072, vocab_size=151936, max_seq_len=40960,
                       tie_embeddings=True),

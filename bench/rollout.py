@@ -1,0 +1,169 @@
+"""Rollout benchmark: plain sampling vs each drafter, same target, prompts and sampling
+parameters, measured side by side in one run, at several batch sizes.
+
+    python -m bench.rollout --json out.json
+
+The target is TRAINED on the synthetic task (a random target says nothing about speculation):
+the first run trains it with the SFT trainer and caches it under bench/cache/; drafters are
+distilled from it. Output: per batch size and drafter, tokens/s, acceptance length (tokens
+emitted per sequence per verify step) and speedup_vs_plain."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from titan_spec.config import load_config
+from titan_spec.data.tokenizer import CharTokenizer
+from titan_spec.drafters import build_drafter
+from titan_spec.drafters.distill import distill_draft_model
+from titan_spec.models import build_model
+from titan_spec.rl.tasks import build_task
+from titan_spec.rollout.engine import RolloutEngine
+from titan_spec.rollout.sampling import SamplingParams
+
+CACHE = Path(__file__).resolve().parent / "cache"
+log = logging.getLogger("bench.rollout")
+
+
+def trained_target(flavor: str, steps: int, seed: int, threads: int):
+    """SFT the target with the real trainer (one process), or load the cached result."""
+    from titan_spec.trainer import Trainer
+
+    folder = CACHE / f"target-{flavor}-{steps}-{seed}"
+    cfg = load_config("debug_model.toml", [
+        f"--model.flavor={flavor}", f"--sft.steps={steps}", f"--job.dump_folder={folder}",
+        f"--job.seed={seed}", "--checkpoint.interval=100000", "--checkpoint.keep_latest_k=1",
+        "--optimizer.lr=1e-3", "--metrics.log_freq=50", "--sft.eval_problems=64",
+        "--metrics.enable_tensorboard=false", f"--training.threads_per_rank={threads}",
+    ])
+    trainer = Trainer(cfg)
+    trainer.train()  # resumes from the cached checkpoint: nothing left to train
+    model = trainer.model.eval()
+    trainer.close()
+    return model
+
+
+def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict):
+    path = CACHE / f"draft-{flavor}-{target.args.dim}-{steps}-{seed}.pt"
+    draft = build_model("qwen3", flavor, seed=seed + 1, **overrides)
+    if path.is_file():
+        draft.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        task = build_task("arithmetic", min_digits=1, max_digits=3)
+        distill_draft_model(target, draft, task, CharTokenizer(), steps, seed=seed,
+                            log=log.info)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(draft.state_dict(), path)
+    return draft.eval()
+
+
+def rl_prompts(num_prompts: int, group_size: int, seed: int):
+    """GRPO-shaped prompts: each problem repeated group_size times, siblings adjacent."""
+    task, tok, rng = build_task("arithmetic", min_digits=1, max_digits=3), CharTokenizer(), \
+        random.Random(f"bench:{seed}")
+    prompts, groups = [], []
+    for index in range(num_prompts):
+        encoded = [tok.bos_id] + tok.encode(task.sample(rng).prompt)
+        prompts += [encoded] * group_size
+        groups += [index] * group_size
+    return prompts, groups
+
+
+def run_one(target, drafter, k, adaptive, prompts, groups, batch_size, params, vocab):
+    engine = RolloutEngine(target, drafter, num_draft_tokens=k, max_batch_size=batch_size,
+                           max_seq_len=128, vocab_size=vocab, adaptive=adaptive)
+    start = time.perf_counter()
+    completions = engine.generate(prompts, params, group_ids=groups)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(c.token_ids) for c in completions)
+    stats = engine.last_stats
+    return {"tokens": tokens, "time_s": elapsed, "tokens_per_s": tokens / elapsed,
+            "acceptance_length": stats["acceptance_length"],
+            "time_draft_s": stats["time_draft_s"], "time_verify_s": stats["time_verify_s"],
+            "chosen_k": (engine.policy.chosen if engine.policy else None)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--flavor", default="bench_25M")
+    parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--batch-sizes", default="1,4,16,64")
+    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--k", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    target = trained_target(args.flavor, args.train_steps, args.seed, args.threads)
+    draft = distilled_draft(target, "debug", args.distill_steps, args.seed, {"n_layers": 2})
+    vocab = CharTokenizer().vocab_size
+    drafters = {
+        "ngram": lambda: build_drafter("ngram"),
+        "draft_model": lambda: build_drafter("draft_model", model=draft),
+    }
+    params = SamplingParams(temperature=args.temperature, max_new_tokens=96,
+                            stop_token_ids=(CharTokenizer().eos_id,), seed=args.seed)
+    results = []
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+        num_prompts = max(args.num_prompts, 2 * batch_size // args.group_size)
+        prompts, groups = rl_prompts(num_prompts, args.group_size, args.seed)
+        run_one(target, None, 0, False, prompts[:batch_size], groups[:batch_size], batch_size,
+                params, vocab)  # warm-up
+        plain = run_one(target, None, 0, False, prompts, groups, batch_size, params, vocab)
+        row = {"batch_size": batch_size, "num_sequences": len(prompts),
+               "plain": plain, "drafters": {}}
+        for name, make in drafters.items():
+            for adaptive in (False, True):
+                result = run_one(target, make(), args.k, adaptive, prompts, groups,
+                                 batch_size, params, vocab)
+                result["speedup_vs_plain"] = result["tokens_per_s"] / plain["tokens_per_s"]
+                chosen = result.pop("chosen_k")
+                if chosen:
+                    result["k_histogram"] = {k: chosen.count(k) for k in sorted(set(chosen))}
+                key = f"{name}{'+adaptive' if adaptive else f'@k={args.k}'}"
+                row["drafters"][key] = result
+                log.info("B=%d %-22s %.0f tok/s  acceptance %.2f  speedup %.2fx", batch_size,
+                         key, result["tokens_per_s"], result["acceptance_length"],
+                         result["speedup_vs_plain"])
+        results.append(row)
+    break_even = {}
+    for key in results[0]["drafters"]:
+        losing = [r["batch_size"] for r in results if r["drafters"][key]["speedup_vs_plain"] < 1]
+        break_even[key] = min(losing) if losing else None
+    best = max(results[0]["drafters"].items(), key=lambda kv: kv[1]["speedup_vs_plain"])
+    summary = {
+        "target": {"flavor": args.flavor, "params": target.args.num_params(),
+                   "train_steps": args.train_steps},
+        "drafters": {"ngram": {"params": 0},
+                     "draft_model": {"params": draft.args.num_params(),
+                                     "distill_steps": args.distill_steps}},
+        "sampling": {"temperature": args.temperature, "k": args.k,
+                     "group_size": args.group_size},
+        "results": results,
+        "best_at_smallest_batch": {"drafter": best[0],
+                                   "speedup_vs_plain": best[1]["speedup_vs_plain"]},
+        "first_batch_size_where_slower_than_plain": break_even,
+    }
+    print(json.dumps(summary["best_at_smallest_batch"]))
+    print(json.dumps(break_even))
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from titan_spec.drafters import build_drafter
+from titan_spec.models import build_model
+from titan_spec.rollout.adaptive import AdaptiveK
+from titan_spec.rollout.engine import RolloutEngine
+from titan_spec.rollout.sampling import SamplingParams
+
+
+def _drive(policy, batch_size, step_time, accept_prob, iterations=300):
+    """Feed the policy a synthetic world: time(k) and per-position acceptance."""
+    for _ in range(iterations):
+        k = policy.choose(batch_size)
+        accepted = 0
+        while accepted < k and accepted < len(accept_prob) and accept_prob[accepted] >= 0.5:
+            accepted += 1
+        row = [1] * (accepted + 1) + [-1] * (k - accepted)
+        policy.observe(batch_size, k, 0.0, step_time(k), [row] * batch_size)
+    return max(set(policy.chosen[-50:]), key=policy.chosen[-50:].count)
+
+
+def test_cheap_verification_and_good_drafts_use_max_k():
+    policy = AdaptiveK(max_k=4)
+    assert _drive(policy, 2, lambda k: 1.0 + 0.05 * k, [1, 1, 1, 1]) == 4
+
+
+def test_expensive_verification_turns_speculation_off():
+    policy = AdaptiveK(max_k=4)  # verify cost grows like (k+1) x decode: large batches
+    assert _drive(policy, 64, lambda k: 1.0 * (k + 1), [1, 1, 0, 0]) == 0
+
+
+def test_poor_drafts_turn_speculation_off():
+    policy = AdaptiveK(max_k=4)
+    assert _drive(policy, 2, lambda k: 1.0 + 0.3 * k, [0, 0, 0, 0]) == 0
+
+
+def test_expected_tokens():
+    policy = AdaptiveK(max_k=3)
+    policy.accepted, policy.drafted = [8.0, 2.0, 0.0], [10.0, 4.0, 0.0]
+    assert policy.expected_tokens(0) == 1.0
+    assert policy.expected_tokens(2) == pytest.approx(1 + 0.8 + 0.8 * 0.5)
+    assert policy.expected_tokens(3) == pytest.approx(1 + 0.8 + 0.4 + 0.4 * 0.5)
+
+
+def test_adaptive_engine_is_still_exact_under_greedy():
+    target = build_model("qwen3", "debug", seed=0).eval()
+    prompts = [[1, 5, 6, 7], [1, 9], [1, 2, 3]]
+    params = SamplingParams(temperature=0, max_new_tokens=30)
+    plain = RolloutEngine(target, max_batch_size=3, max_seq_len=64).generate(prompts, params)
+    engine = RolloutEngine(target, build_drafter("draft_model", model=target),
+                           num_draft_tokens=3, max_batch_size=3, max_seq_len=64, adaptive=True)
+    spec = engine.generate(prompts, params)
+    assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
+    assert set(engine.policy.chosen) >= {0, 3}  # explored, then chose
+    assert torch.is_tensor(torch.tensor(engine.policy.chosen))

@@ -1,0 +1,76 @@
+"""Adaptive speculation: choose k (0 = plain decoding) each iteration to maximise expected
+tokens per second.
+
+Expected tokens per sequence for k drafts, with a_i the running acceptance rate of draft
+position i given all earlier ones were accepted: E(k) = 1 + a_0 + a_0 a_1 + ... (k terms).
+Iteration time T(B, k) is measured (EMA) per batch-size bucket, because verifying k+1 positions
+is nearly free at small batches and costs ~(k+1)x a decode step once the batch makes the target
+compute-bound. Unmeasured (bucket, k) pairs are tried once; afterwards one iteration in
+`explore_every` re-tries the neighbours of the current best, so estimates keep up with drift."""
+
+from __future__ import annotations
+
+
+class AdaptiveK:
+    def __init__(self, max_k: int, explore_every: int = 32, decay: float = 0.9):
+        if max_k < 0:
+            raise ValueError(f"max_k={max_k} must be >= 0.")
+        self.max_k, self.explore_every, self.decay = max_k, explore_every, decay
+        self.step_time: dict[tuple[int, int], float] = {}
+        self.accepted = [0.0] * max_k
+        self.drafted = [0.0] * max_k
+        self.iterations = 0
+        self.chosen: list[int] = []  # history of choices (for stats and tests)
+
+    @staticmethod
+    def bucket(batch_size: int) -> int:
+        return batch_size.bit_length()  # 1, 2-3, 4-7, 8-15, ...
+
+    def acceptance(self, position: int) -> float:
+        if self.drafted[position] > 0:
+            return self.accepted[position] / self.drafted[position]
+        # Unseen deeper positions: assume they behave like the deepest observed one.
+        return self.acceptance(position - 1) if position > 0 else 0.5
+
+    def expected_tokens(self, k: int) -> float:
+        total, reach = 1.0, 1.0
+        for position in range(k):
+            reach *= self.acceptance(position)
+            total += reach
+        return total
+
+    def _best(self, bucket: int) -> int:
+        measured = [k for k in range(self.max_k + 1) if (bucket, k) in self.step_time]
+        return max(measured, key=lambda k: self.expected_tokens(k) / self.step_time[(bucket, k)])
+
+    def choose(self, batch_size: int) -> int:
+        self.iterations += 1
+        bucket = self.bucket(batch_size)
+        for k in range(self.max_k + 1):
+            if (bucket, k) not in self.step_time:
+                return self._record(k)
+        best = self._best(bucket)
+        if self.iterations % self.explore_every == 0:
+            neighbour = best + 1 if (self.iterations // self.explore_every) % 2 else best - 1
+            if 0 <= neighbour <= self.max_k:
+                return self._record(neighbour)
+        return self._record(best)
+
+    def _record(self, k: int) -> int:
+        self.chosen.append(k)
+        return k
+
+    def observe(self, batch_size: int, k: int, draft_s: float, verify_s: float,
+                emitted_rows: list[list[int]]) -> None:
+        key = (self.bucket(batch_size), k)
+        elapsed = draft_s + verify_s
+        old = self.step_time.get(key)
+        self.step_time[key] = elapsed if old is None else self.decay * old + (1 - self.decay) * elapsed
+        for position in range(k):
+            self.accepted[position] *= self.decay
+            self.drafted[position] *= self.decay
+        for row in emitted_rows:
+            accepted = next((i for i, t in enumerate(row) if t < 0), k + 1) - 1
+            for position in range(min(k, accepted + 1)):
+                self.drafted[position] += 1
+                self.accepted[position] += float(position < accepted)
