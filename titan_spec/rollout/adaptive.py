@@ -65,7 +65,8 @@ class AdaptiveK:
         key = (self.bucket(batch_size), k)
         elapsed = draft_s + verify_s
         old = self.step_time.get(key)
-        self.step_time[key] = elapsed if old is None else self.decay * old + (1 - self.decay) * elapsed
+        smoothed = elapsed if old is None else self.decay * old + (1 - self.decay) * elapsed
+        self.step_time[key] = smoothed
         for position in range(k):
             self.accepted[position] *= self.decay
             self.drafted[position] *= self.decay
