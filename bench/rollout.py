@@ -22,8 +22,9 @@ import torch
 from titan_spec.config import load_config
 from titan_spec.data.tokenizer import CharTokenizer
 from titan_spec.drafters import build_drafter
-from titan_spec.drafters.distill import distill_draft_model
+from titan_spec.drafters.distill import distill_draft_model, distill_eagle_head
 from titan_spec.models import build_model
+from titan_spec.models.heads import build_draft_head
 from titan_spec.rl.tasks import build_task
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
@@ -64,6 +65,18 @@ def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict)
     return draft.eval()
 
 
+def distilled_eagle_head(target, steps: int, seed: int):
+    path = CACHE / f"eagle-{target.args.dim}-{steps}-{seed}.pt"
+    head = build_draft_head(target.args, seed=seed + 2)
+    if path.is_file():
+        head.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        task = build_task("arithmetic", min_digits=1, max_digits=3)
+        distill_eagle_head(target, head, task, CharTokenizer(), steps, seed=seed, log=log.info)
+        torch.save(head.state_dict(), path)
+    return head.eval()
+
+
 def rl_prompts(num_prompts: int, group_size: int, seed: int):
     """GRPO-shaped prompts: each problem repeated group_size times, siblings adjacent."""
     task, tok, rng = build_task("arithmetic", min_digits=1, max_digits=3), CharTokenizer(), \
@@ -97,7 +110,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--distill-steps", type=int, default=300)
     parser.add_argument("--batch-sizes", default="1,4,16,64")
-    parser.add_argument("--num-prompts", type=int, default=8)
+    parser.add_argument("--num-prompts", type=int, default=16)
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -110,16 +123,19 @@ def main(argv=None) -> dict:
 
     target = trained_target(args.flavor, args.train_steps, args.seed, args.threads)
     draft = distilled_draft(target, "debug", args.distill_steps, args.seed, {"n_layers": 2})
+    head = distilled_eagle_head(target, args.distill_steps, args.seed)
     vocab = CharTokenizer().vocab_size
     drafters = {
         "ngram": lambda: build_drafter("ngram"),
         "draft_model": lambda: build_drafter("draft_model", model=draft),
+        "eagle": lambda: build_drafter("eagle", target=target, head=head),
     }
     params = SamplingParams(temperature=args.temperature, max_new_tokens=96,
                             stop_token_ids=(CharTokenizer().eos_id,), seed=args.seed)
     results = []
     for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-        num_prompts = max(args.num_prompts, 2 * batch_size // args.group_size)
+        # At least four batches' worth of sequences, so the tail and refills are measured too.
+        num_prompts = max(args.num_prompts, 4 * batch_size // args.group_size)
         prompts, groups = rl_prompts(num_prompts, args.group_size, args.seed)
         run_one(target, None, 0, False, prompts[:batch_size], groups[:batch_size], batch_size,
                 params, vocab)  # warm-up
@@ -150,7 +166,9 @@ def main(argv=None) -> dict:
                    "train_steps": args.train_steps},
         "drafters": {"ngram": {"params": 0},
                      "draft_model": {"params": draft.args.num_params(),
-                                     "distill_steps": args.distill_steps}},
+                                     "distill_steps": args.distill_steps},
+                     "eagle": {"params": sum(p.numel() for p in head.parameters()),
+                               "distill_steps": args.distill_steps}},
         "sampling": {"temperature": args.temperature, "k": args.k,
                      "group_size": args.group_size},
         "results": results,

@@ -6,9 +6,11 @@ import difflib
 
 from .base import Drafter, DraftRequest
 from .draft_model import DraftModelDrafter
+from .eagle import EagleDrafter
 from .ngram import NgramDrafter
 
-DRAFTERS: dict[str, type] = {"draft_model": DraftModelDrafter, "ngram": NgramDrafter}
+DRAFTERS: dict[str, type] = {"draft_model": DraftModelDrafter, "eagle": EagleDrafter,
+                             "ngram": NgramDrafter}
 
 
 def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
@@ -21,6 +23,15 @@ def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
     if cls is DraftModelDrafter and "model" not in kwargs:
         raise ValueError("the draft_model drafter needs model=<a small causal LM with the "
                          "target's tokenizer>.")
+    if cls is EagleDrafter:
+        if target is None:
+            raise ValueError("the eagle drafter reads the target's hidden states: pass target=.")
+        if "head" not in kwargs:
+            from titan_spec.models.heads import build_draft_head
+
+            kwargs["head"] = build_draft_head(target.args, seed=kwargs.pop("seed", 0),
+                                              device=target.rope_cos.device)
+        return cls(target, **kwargs)
     return cls(**kwargs)
 
 

@@ -40,3 +40,46 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
             log(f"distil step {step}/{steps} soft-CE {loss.item():.4f}")
     draft.eval()
     return losses
+
+
+def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: int = 32,
+                       seq_len: int = 96, lr: float = 3e-3, seed: int = 0,
+                       feature_weight: float = 0.1, log=None) -> list:
+    """Teacher-forced EAGLE training: the head sees (h_{j-1}, x_j) with the target's TRUE
+    hidden states, and learns the target's distribution of x_{j+1} (soft cross-entropy through
+    the frozen target head) plus a smooth-L1 pull of its predicted hidden state towards h_j, so
+    that feeding back its own predictions while drafting stays close to the target."""
+    data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 104729)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / steps))
+    vocab = tokenizer.vocab_size
+    losses = []
+    target.eval()
+    head.train()
+    for step in range(1, steps + 1):
+        batch = data.global_batch(step)
+        with torch.no_grad():
+            logits, hidden = target(batch.inputs, return_hidden=True)
+            target_log_probs = F.log_softmax(logits[..., :vocab].float(), dim=-1)
+            embeds = target.tok_embeddings(batch.inputs)
+        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
+        positions = torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs)
+        predicted = head(previous, embeds, positions)
+        # The target's head is frozen here: gradients reach the draft head only.
+        head_logits = F.linear(predicted, target.output.weight.detach())
+        head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
+        soft_ce = -(target_log_probs.exp() * head_log_probs).sum(-1)
+        feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
+        mask = batch.loss_mask
+        loss = ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log is not None and (step % 50 == 0 or step == steps):
+            log(f"eagle distil step {step}/{steps} loss {loss.item():.4f}")
+    head.eval()
+    return losses

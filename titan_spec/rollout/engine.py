@@ -64,6 +64,9 @@ class RolloutEngine:
         # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py).
         self.policy = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
+        # EAGLE-style drafters read the target's final hidden states, kept per slot/position.
+        self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))
+        self.hidden: torch.Tensor | None = None
         self.last_stats: dict = {}
 
     # ---------------------------------------------------------------- public API
@@ -79,6 +82,9 @@ class RolloutEngine:
         dtype = self.model.rope_cos.dtype
         self.cache = KVCache.for_model(self.model, self.max_batch_size, self.max_seq_len,
                                        dtype=dtype, device=self.device)
+        if self.needs_hidden:
+            self.hidden = torch.zeros((self.max_batch_size, self.max_seq_len, self.model.args.dim),
+                                      dtype=dtype, device=self.device)
         if self.drafter is not None:
             self.drafter.start(self.max_batch_size, self.max_seq_len, self.device)
         stats = {"iterations": 0, "sequence_steps": 0, "tokens": 0, "drafted": 0, "accepted": 0,
@@ -102,7 +108,7 @@ class RolloutEngine:
         finally:
             if self.drafter is not None:
                 self.drafter.stop()
-            self.cache = None
+            self.cache = self.hidden = None
         stats["time_s"] = time.perf_counter() - start
         stats["tokens_per_s"] = stats["tokens"] / max(stats["time_s"], 1e-9)
         # Tokens emitted per sequence per verify step (1.0 without speculation).
@@ -146,7 +152,9 @@ class RolloutEngine:
             new_prompts.append(prompt)
         if new_slots:
             self._prefill(new_slots, new_prompts)
-            if self.drafter is not None:
+            if self.needs_hidden:
+                self.drafter.prefill(new_slots, new_prompts, hidden=self.hidden)
+            elif self.drafter is not None:
                 self.drafter.prefill(new_slots, new_prompts)
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]):
@@ -159,7 +167,16 @@ class RolloutEngine:
             tokens[row, : len(prompt) - 1] = torch.tensor(prompt[:-1], device=self.device)
         positions = torch.arange(longest, device=self.device).expand(len(prompts), longest)
         slot_ids = torch.tensor(slots, device=self.device)
-        self.model(tokens, positions, kv_cache=self.cache.view(slot_ids, longest))
+        self._forward(tokens, positions, slot_ids, longest)
+
+    def _forward(self, tokens, positions, slot_ids, attend_len):
+        """Target forward on the cache; keeps final hidden states when a drafter reads them."""
+        view = self.cache.view(slot_ids, attend_len)
+        if not self.needs_hidden:
+            return self.model(tokens, positions, kv_cache=view)
+        logits, hidden = self.model(tokens, positions, kv_cache=view, return_hidden=True)
+        self.hidden[slot_ids.unsqueeze(1), positions] = hidden.to(self.hidden.dtype)
+        return logits
 
     def _choose_k(self, sequences: list[_Sequence]) -> int:
         k = self.num_draft_tokens if self.policy is None else self.policy.choose(len(sequences))
@@ -173,7 +190,7 @@ class RolloutEngine:
             slots=active, sequences=[s.tokens for s in sequences],
             group_ids=[s.group_id for s in sequences], k=k, params=params,
             generators=[s.generators["draft"] for s in sequences], vocab_size=self.vocab_size,
-            device=self.device)
+            device=self.device, extras={"hidden": self.hidden})
         return self.drafter.propose(request)
 
     def _random(self, sequences, k):
@@ -194,9 +211,8 @@ class RolloutEngine:
         last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
         inputs = torch.cat([last.unsqueeze(1), draft_ids], dim=1)  # [B, k+1]
         positions = (lengths - 1).unsqueeze(1) + torch.arange(k + 1, device=self.device)
-        view = self.cache.view(torch.tensor(active, device=self.device),
+        logits = self._forward(inputs, positions, torch.tensor(active, device=self.device),
                                max(len(s.tokens) for s in sequences) + k)
-        logits = self.model(inputs, positions, kv_cache=view)
         target_probs = process_logits(logits[..., : self.vocab_size], params)  # [B, k+1, V]
         uniforms, noise = self._random(sequences, k)
         if draft_probs is not None:
