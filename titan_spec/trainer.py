@@ -69,6 +69,9 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     if dims.ep > 1 and (not args.is_moe or args.num_experts % dims.ep):
         raise ValueError(f"parallelism.ep={dims.ep} needs an MoE flavor whose num_experts it "
                          f"divides; {cfg.model.flavor} has {args.num_experts} experts.")
+    if 0 < cfg.sft.eval_problems < dims.dp:
+        raise ValueError(f"sft.eval_problems={cfg.sft.eval_problems} is fewer than the {dims.dp} "
+                         "data-parallel ranks that share them; use at least that many, or 0.")
     per_step = dims.dp * cfg.training.grad_accum_steps
     if cfg.training.global_batch_size % per_step:
         raise ValueError(
@@ -193,7 +196,8 @@ class Trainer:
                                 self.env.device, tok.vocab_size, self.dims.tp)
         correct = sum(self.task.reward(problem, tok.decode(ids))
                       for problem, ids in zip(mine, outputs, strict=True))
-        total = self._all_reduce_dp(torch.tensor([correct, len(mine)], dtype=torch.float64))
+        total = self._all_reduce_dp(torch.tensor([correct, len(mine)], dtype=torch.float64,
+                                                 device=self.env.device))
         return {"step": self.step, "phase": "eval", "accuracy": float(total[0] / total[1]),
                 "num_problems": int(total[1])}
 

@@ -1,5 +1,8 @@
-"""EAGLE drafter: its cached, catch-up-based first draft equals a teacher-forced full forward
-of the head over the committed sequence; greedy identity; exact sequence distribution."""
+"""Drafters with their own KV cache (EAGLE head, draft model): the cached, catch-up-based first
+draft equals a teacher-forced full forward over the committed sequence, also when some
+iterations draft nothing (k = 0); EAGLE greedy identity and exact sequence distribution."""
+
+import itertools
 
 import pytest
 import torch
@@ -27,8 +30,36 @@ def _teacher_forced_first_draft(target, head, sequence, params, vocab):
         return process_logits(target.output(predicted[:, -1]), params, vocab)[0]
 
 
-def test_cached_drafting_matches_teacher_forcing(target):
-    drafter = build_drafter("eagle", target=target, seed=3)
+def _draft_model_first_draft(draft_model, sequence, params, vocab):
+    with torch.no_grad():
+        return process_logits(draft_model(torch.tensor([sequence]))[0, -1], params, vocab)
+
+
+class Schedule:
+    """A k policy that cycles through a fixed list (0 = no drafting that iteration)."""
+
+    def __init__(self, ks):
+        self.ks, self.chosen = itertools.cycle(ks), []
+
+    def choose(self, batch_size):
+        self.chosen.append(next(self.ks))
+        return self.chosen[-1]
+
+    def observe(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["eagle", "draft_model"])
+@pytest.mark.parametrize("schedule", [[3], [0, 0, 3, 2, 0, 1]], ids=["k3", "with_k0"])
+def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
+    small = build_model("qwen3", "debug", seed=9, n_layers=2).eval()
+    if kind == "eagle":
+        drafter = build_drafter("eagle", target=target, seed=3)
+        reference = lambda seq, vocab: _teacher_forced_first_draft(  # noqa: E731
+            target, drafter.head, seq, params, vocab)
+    else:
+        drafter = build_drafter("draft_model", model=small)
+        reference = lambda seq, vocab: _draft_model_first_draft(small, seq, params, vocab)  # noqa
     params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=5)
     checked = []
     original = drafter.propose
@@ -36,16 +67,17 @@ def test_cached_drafting_matches_teacher_forcing(target):
     def checking_propose(request):
         ids, probs = original(request)
         for row, sequence in enumerate(request.sequences):
-            expected = _teacher_forced_first_draft(target, drafter.head, sequence, params,
-                                                   request.vocab_size)
+            expected = reference(sequence, request.vocab_size)
             torch.testing.assert_close(probs[row, 0], expected, atol=2e-5, rtol=1e-4)
             checked.append(len(sequence))
         return ids, probs
 
     drafter.propose = checking_propose
-    RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
-                  max_seq_len=64).generate(PROMPTS, params)
-    assert len(checked) > 20 and len(set(checked)) > 10
+    engine = RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
+                           max_seq_len=64)
+    engine.policy = Schedule(schedule)
+    engine.generate(PROMPTS, params)
+    assert len(checked) > 10 and len(set(checked)) > 5
 
 
 def test_greedy_identity(target):

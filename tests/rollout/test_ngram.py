@@ -8,8 +8,9 @@ from titan_spec.rollout.sampling import SamplingParams
 def test_find_continuation_takes_the_last_occurrence():
     assert find_continuation([1, 2], [1, 2, 3, 9, 1, 2, 4, 5], k=2) == [4, 5]
     assert find_continuation([7], [1, 2, 3], k=2) == []
-    # skip_tail hides the pattern's own (final) occurrence in the sequence being extended
-    assert find_continuation([2, 3], [2, 3, 8, 2, 3], k=1, skip_tail=1) == [8]
+    # the pattern's own final occurrence has no continuation; an overlapping one does
+    assert find_continuation([2, 3], [2, 3, 8, 2, 3], k=1) == [8]
+    assert find_continuation([5, 5], [5, 5, 5], k=2) == [5]
 
 
 def _request(sequences, group_ids, k=3):

@@ -116,3 +116,9 @@ def test_unknown_flavor_and_override():
         build_model("qwen3", "debg")
     with pytest.raises(ValueError, match="unknown model override"):
         build_model("qwen3", "debug", n_layer=3)
+
+
+def test_tied_embeddings_stay_tied_after_materialisation():
+    model = build_model("qwen3", "debug", tie_embeddings=True)
+    assert model.output.weight is model.tok_embeddings.weight
+    assert sum(p.numel() for p in model.parameters()) == model.args.num_params()

@@ -44,6 +44,38 @@ class Drafter:
         """Free per-call state (KV caches)."""
 
 
+class CatchUp:
+    """Per-slot count of leading positions whose drafter KV entries are known to be right.
+
+    Drafters with their own cache re-feed every committed position from there on each
+    proposal. That covers tokens committed in iterations where no drafting happened (adaptive
+    k = 0) and entries written from drafts that were later rejected."""
+
+    def __init__(self):
+        self.fed: dict[int, int] = {}
+
+    def reset(self, slot: int, fed: int) -> None:
+        self.fed[slot] = fed
+
+    def window(self, request: "DraftRequest") -> torch.Tensor:
+        """Positions [B, W] to re-feed: the last W committed positions of every row, W the
+        largest gap (right-aligned; rows with smaller gaps re-write correct entries, which is
+        idempotent; positions clamp at 0 for short rows)."""
+        lengths = [len(s) for s in request.sequences]
+        width = max(n - self.fed[slot] for n, slot in zip(lengths, request.slots, strict=True))
+        lengths_t = torch.tensor(lengths, device=request.device).unsqueeze(1)
+        offsets = torch.arange(-max(width, 1), 0, device=request.device)
+        for slot, n in zip(request.slots, lengths, strict=True):
+            self.fed[slot] = n  # after this proposal, positions < n hold committed tokens
+        return (lengths_t + offsets).clamp(min=0)
+
+
+def gather_tokens(sequences: list[list[int]], positions: torch.Tensor) -> torch.Tensor:
+    """tokens[b, i] = sequences[b][positions[b, i]]."""
+    rows = [[seq[p] for p in row] for seq, row in zip(sequences, positions.tolist(), strict=True)]
+    return torch.tensor(rows, dtype=torch.long, device=positions.device)
+
+
 def sample_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
     """One draw per row of probs [B, V], row b from generators[b] (exponential race)."""
     noise = torch.stack([torch.empty(probs.shape[-1], device=probs.device)

@@ -23,13 +23,15 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
     losses = []
     target.eval()
     draft.train()
+    device = next(draft.parameters()).device
     for step in range(1, steps + 1):
         batch = data.global_batch(step)
+        inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
         with torch.no_grad():
-            target_log_probs = F.log_softmax(target(batch.inputs)[..., :vocab].float(), dim=-1)
-        draft_log_probs = F.log_softmax(draft(batch.inputs)[..., :vocab].float(), dim=-1)
+            target_log_probs = F.log_softmax(target(inputs)[..., :vocab].float(), dim=-1)
+        draft_log_probs = F.log_softmax(draft(inputs)[..., :vocab].float(), dim=-1)
         soft_ce = -(target_log_probs.exp() * draft_log_probs).sum(-1)
-        loss = (soft_ce * batch.loss_mask).sum() / batch.loss_mask.sum()
+        loss = (soft_ce * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
@@ -57,21 +59,23 @@ def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: in
     losses = []
     target.eval()
     head.train()
+    device = next(head.parameters()).device
     for step in range(1, steps + 1):
         batch = data.global_batch(step)
+        inputs = batch.inputs.to(device)
         with torch.no_grad():
-            logits, hidden = target(batch.inputs, return_hidden=True)
+            logits, hidden = target(inputs, return_hidden=True)
             target_log_probs = F.log_softmax(logits[..., :vocab].float(), dim=-1)
-            embeds = target.tok_embeddings(batch.inputs)
+            embeds = target.tok_embeddings(inputs)
         previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
-        positions = torch.arange(batch.inputs.shape[1]).expand_as(batch.inputs)
+        positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs)
         predicted = head(previous, embeds, positions)
         # The target's head is frozen here: gradients reach the draft head only.
         head_logits = F.linear(predicted, target.output.weight.detach())
         head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
         soft_ce = -(target_log_probs.exp() * head_log_probs).sum(-1)
         feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
-        mask = batch.loss_mask
+        mask = batch.loss_mask.to(device)
         loss = ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,8 +1,8 @@
 """Draft-model drafter: a small causal LM sharing the target's tokenizer, with its own KV cache.
 
-Each proposal re-feeds the last two committed tokens (positions n-2, n-1): that rewrites at most
-one already-cached entry with identical values and covers the case where the target accepted
-all k drafts plus a bonus token, so the drafter never needs to know how much was accepted."""
+Each proposal first re-feeds the committed positions its cache may lack (base.CatchUp): after a
+proposal only positions < n are trusted, so the next one re-feeds from there, which covers
+rejected drafts, all-accepted-plus-bonus steps and iterations that drafted nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from titan_spec.rollout.kv_cache import KVCache
 from titan_spec.rollout.sampling import process_logits
 
-from .base import Drafter, DraftRequest, sample_rows
+from .base import CatchUp, Drafter, DraftRequest, gather_tokens, sample_rows
 
 
 class DraftModelDrafter(Drafter):
@@ -20,6 +20,7 @@ class DraftModelDrafter(Drafter):
     def __init__(self, model):
         self.model = model
         self.cache: KVCache | None = None
+        self.catch_up = CatchUp()
 
     def start(self, max_batch_size, max_seq_len, device):
         dtype = next(self.model.parameters()).dtype
@@ -31,6 +32,8 @@ class DraftModelDrafter(Drafter):
 
     @torch.no_grad()
     def prefill(self, slots, prompts):
+        for slot, prompt in zip(slots, prompts, strict=True):
+            self.catch_up.reset(slot, len(prompt) - 1)
         longest = max(len(p) for p in prompts) - 1
         if longest <= 0:
             return
@@ -46,14 +49,12 @@ class DraftModelDrafter(Drafter):
     def propose(self, request: DraftRequest):
         device = request.device
         lengths = torch.tensor([len(s) for s in request.sequences], device=device)
-        last_two = torch.tensor([s[-2:] if len(s) > 1 else s[-1:] * 2 for s in request.sequences],
-                                device=device)
-        positions = (lengths - 2).clamp(min=0).unsqueeze(1) + torch.tensor([0, 1], device=device)
-        positions = torch.minimum(positions, (lengths - 1).unsqueeze(1))
+        positions = self.catch_up.window(request)
         slots = torch.tensor(request.slots, device=device)
-        longest = int(max(len(s) for s in request.sequences))
+        longest = max(len(s) for s in request.sequences)
         view = self.cache.view(slots, longest + request.k)
-        logits = self.model(last_two, positions, kv_cache=view)[:, -1]
+        tokens = gather_tokens(request.sequences, positions)
+        logits = self.model(tokens, positions, kv_cache=view)[:, -1]
         draft_ids, draft_probs = [], []
         for i in range(request.k):
             probs = process_logits(logits, request.params, request.vocab_size)

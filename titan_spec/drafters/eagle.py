@@ -2,8 +2,8 @@
 target's hidden states, sampling from the target's own output head.
 
 Head KV entry at position j comes from (h_{j-1}, x_j), with h the target's final hidden states
-that the engine keeps per slot (h_{-1} = 0). Each proposal first re-feeds the last c committed
-positions with TRUE target hidden states (c = largest k used so far + 1), overwriting entries
+that the engine keeps per slot (h_{-1} = 0). Each proposal first re-feeds every committed
+position its cache may lack (base.CatchUp) with TRUE target hidden states, overwriting entries
 that earlier drafting computed from predicted hidden states; then it drafts k tokens feeding
 back its own predicted hidden state, as EAGLE does."""
 
@@ -14,7 +14,7 @@ import torch
 from titan_spec.rollout.kv_cache import KVCache
 from titan_spec.rollout.sampling import process_logits
 
-from .base import Drafter, DraftRequest, sample_rows
+from .base import CatchUp, Drafter, DraftRequest, gather_tokens, sample_rows
 
 
 class EagleDrafter(Drafter):
@@ -24,7 +24,7 @@ class EagleDrafter(Drafter):
     def __init__(self, target, head):
         self.target, self.head = target, head
         self.cache: KVCache | None = None
-        self.window = 1
+        self.catch_up = CatchUp()
 
     def start(self, max_batch_size, max_seq_len, device):
         dtype = next(self.head.parameters()).dtype
@@ -35,7 +35,7 @@ class EagleDrafter(Drafter):
         self.cache = None
 
     def _logits(self, predicted_hidden):
-        return self.target.output(predicted_hidden)
+        return torch.nn.functional.linear(predicted_hidden, self.target.output.weight)
 
     def _feed(self, tokens, positions, slots, hidden, attend_len):
         """Head forward at `positions` [B, T] with true target hidden states h_{pos-1}."""
@@ -47,6 +47,8 @@ class EagleDrafter(Drafter):
 
     @torch.no_grad()
     def prefill(self, slots, prompts, hidden=None):
+        for slot, prompt in zip(slots, prompts, strict=True):
+            self.catch_up.reset(slot, len(prompt) - 1)
         longest = max(len(p) for p in prompts) - 1
         if longest <= 0:
             return
@@ -60,13 +62,10 @@ class EagleDrafter(Drafter):
     @torch.no_grad()
     def propose(self, request: DraftRequest):
         device, hidden = request.device, request.extras["hidden"]
-        self.window = max(self.window, request.k + 1)
         lengths = torch.tensor([len(s) for s in request.sequences], device=device)
-        offsets = torch.arange(-self.window, 0, device=device)
-        positions = (lengths.unsqueeze(1) + offsets).clamp(min=0)  # last `window` positions
-        tokens = torch.stack([torch.tensor(s, device=device)[p] for s, p in
-                              zip(request.sequences, positions, strict=True)])
-        longest = int(lengths.max())
+        positions = self.catch_up.window(request)
+        tokens = gather_tokens(request.sequences, positions)
+        longest = max(len(s) for s in request.sequences)
         predicted = self._feed(tokens, positions, request.slots, hidden,
                                longest + request.k)[:, -1:]
         view = self.cache.view(torch.as_tensor(request.slots, device=device),

@@ -14,10 +14,12 @@ import torch
 from .base import Drafter, DraftRequest
 
 
-def find_continuation(pattern: list[int], source: list[int], k: int, skip_tail: int = 0):
-    """Tokens after the LAST occurrence of `pattern` in source[:len - skip_tail] (up to k)."""
-    n, end = len(pattern), len(source) - skip_tail
-    for start in range(end - n - 1, -1, -1):
+def find_continuation(pattern: list[int], source: list[int], k: int):
+    """Tokens after the LAST occurrence of `pattern` in `source` that has at least one token
+    after it (up to k). In a sequence's own context the pattern's final occurrence is its own
+    tail, which has nothing after it, so it is skipped by construction."""
+    n = len(pattern)
+    for start in range(len(source) - n - 1, -1, -1):
         if source[start:start + n] == pattern:
             return source[start + n:start + n + k]
     return []
@@ -38,21 +40,20 @@ class NgramDrafter(Drafter):
             self._prompt_len[slot] = len(prompt)
 
     def _sources(self, row: int, request: DraftRequest, by_group: dict):
-        """(token list, tail to skip) in preference order: siblings, history, own context."""
+        """Token lists in preference order: siblings, history, own context."""
         own = request.sequences[row]
         group = request.group_ids[row]
         prompt = tuple(own[: self._prompt_len[request.slots[row]]])
         siblings = [request.sequences[i] for i in by_group.get(group, ()) if i != row]
-        return ([(seq, 0) for seq in siblings] + [(seq, 0) for seq in self.history[prompt]]
-                + [(own, 1)])
+        return siblings + list(self.history[prompt]) + [own]
 
     def _propose_row(self, row: int, request: DraftRequest, by_group: dict) -> list[int]:
         context = request.sequences[row]
         sources = self._sources(row, request, by_group)
         for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
             pattern = context[-n:]
-            for source, skip in sources:
-                found = find_continuation(pattern, source, request.k, skip)
+            for source in sources:
+                found = find_continuation(pattern, source, request.k)
                 if found:
                     return found
         return []

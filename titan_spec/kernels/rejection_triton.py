@@ -28,6 +28,7 @@ def accept_kernel(draft_ids_ptr, draft_probs_ptr, target_probs_ptr, uniforms_ptr
             draft = tl.full((), 1.0, tl.float64)
         uniform = tl.load(uniforms_ptr + row * num_drafts + i)
         safe_draft = tl.where(draft > 0, draft, 1.0)
+        # float64 division is IEEE round-to-nearest on every backend (as in torch).
         ok = (draft > 0) & (uniform < target / safe_draft)
         accepting = accepting & ok.to(tl.int32)
         tl.store(out_ptr + row * (num_drafts + 1) + i, tl.where(accepting != 0, token, -1))
@@ -63,8 +64,9 @@ def resample_kernel(num_accepted_ptr, draft_ids_ptr, draft_probs_ptr, target_pro
         else:
             draft = tl.where((offsets == draft_token) & needs_residual, 1.0, 0.0)
         noise = tl.load(noise_ptr + row * vocab_size + offsets, mask=in_vocab, other=1.0)
-        residual_score = tl.maximum(target - draft, 0.0) / noise
-        target_score = target / noise
+        # div_rn: IEEE float32 division like torch; plain '/' may compile to an approximation.
+        residual_score = tl.math.div_rn(tl.maximum(target - draft, 0.0), noise)
+        target_score = tl.math.div_rn(target, noise)
         # Strict '>' across blocks keeps the earliest index among ties, like torch.argmax.
         block_best, block_id = tl.max(residual_score, axis=0, return_indices=True,
                                       return_indices_tie_break_left=True)

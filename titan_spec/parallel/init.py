@@ -30,6 +30,8 @@ def materialize_and_init(model: nn.Module, device, seed: int) -> nn.Module:
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     model.to_empty(device=device)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
     model.init_buffers(device)
     for raw_name, param in model.named_parameters():
         name = canonical_name(raw_name)

@@ -57,6 +57,9 @@ class RolloutEngine:
                  adaptive: bool = False):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
+        if max_seq_len > model.args.max_seq_len:
+            raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range "
+                             f"{model.args.max_seq_len}; lower it.")
         self.model, self.drafter = model, drafter
         self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len

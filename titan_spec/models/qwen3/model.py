@@ -63,6 +63,7 @@ class Attention(nn.Module):
         mask = None
         if cache is not None:
             k, v, key_positions = cache.update(k, v, positions)  # [B, S, Hkv, D], [S]
+            k, v = k.to(q.dtype), v.to(q.dtype)  # the cache may hold another dtype
             mask = key_positions.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, S]
             mask = mask.unsqueeze(1)  # [B, 1, T, S]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
@@ -111,8 +112,7 @@ class Qwen3Model(nn.Module):
         self.layers = nn.ModuleDict({str(i): TransformerBlock(args) for i in range(args.n_layers)})
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        if args.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
+        self.tie_weights()
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -130,6 +130,12 @@ class Qwen3Model(nn.Module):
         h = self.norm(h)
         logits = self.output(h)
         return (logits, h) if return_hidden else logits
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the output head (again after to_empty(), which makes new
+        Parameters)."""
+        if self.args.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     def aux_loss(self) -> torch.Tensor | None:
         """Sum of the MoE load-balancing losses of the last forward, times the config's coef."""
