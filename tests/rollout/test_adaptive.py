@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from titan_spec.drafters import build_drafter
 from titan_spec.models import build_model
@@ -35,6 +34,19 @@ def test_poor_drafts_turn_speculation_off():
     assert _drive(policy, 2, lambda k: 1.0 + 0.3 * k, [0, 0, 0, 0]) == 0
 
 
+def test_a_new_bucket_costs_two_exploratory_iterations():
+    policy = AdaptiveK(max_k=4)
+    for batch_size in (64, 32, 16, 8):
+        first = []
+        for _ in range(2):
+            first.append(policy.choose(batch_size))
+            k = first[-1]
+            policy.observe(batch_size, k, 0.0, 1.0 + k, [[1] * (k + 1)] * batch_size)
+        assert first == [0, 4]
+    # between measured points, time is interpolated
+    assert policy.estimated_time(policy.bucket(8), 2) == pytest.approx(3.0)
+
+
 def test_expected_tokens():
     policy = AdaptiveK(max_k=3)
     policy.accepted, policy.drafted = [8.0, 2.0, 0.0], [10.0, 4.0, 0.0]
@@ -53,4 +65,3 @@ def test_adaptive_engine_is_still_exact_under_greedy():
     spec = engine.generate(prompts, params)
     assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
     assert set(engine.policy.chosen) >= {0, 3}  # explored, then chose
-    assert torch.is_tensor(torch.tensor(engine.policy.chosen))

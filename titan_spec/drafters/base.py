@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from titan_spec.rollout.kv_cache import KVCache, prefill_batch
+
 
 @dataclass
 class DraftRequest:
@@ -68,6 +70,40 @@ class CatchUp:
         for slot, n in zip(request.slots, lengths, strict=True):
             self.fed[slot] = n  # after this proposal, positions < n hold committed tokens
         return (lengths_t + offsets).clamp(min=0)
+
+
+class CachedDrafter(Drafter):
+    """A drafter with its own per-slot KV cache, sized from `cache_owner` (a module with
+    `.args`), kept consistent by CatchUp. Subclasses implement `_feed`."""
+
+    def __init__(self, cache_owner):
+        self.cache_owner = cache_owner
+        self.cache: KVCache | None = None
+        self.catch_up = CatchUp()
+
+    def start(self, max_batch_size, max_seq_len, device):
+        dtype = next(self.cache_owner.parameters()).dtype
+        self.cache = KVCache.for_model(self.cache_owner, max_batch_size, max_seq_len,
+                                       dtype=dtype, device=device)
+
+    def stop(self):
+        self.cache = None
+
+    def _view(self, slots: list[int], attend_len: int):
+        device = self.cache.key_positions.device
+        return self.cache.view(torch.as_tensor(slots, device=device), attend_len)
+
+    def _feed(self, tokens, positions, slots, attend_len, hidden=None):
+        """Forward [B, T] tokens at positions into the cache -> per-position outputs."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def prefill(self, slots, prompts, hidden=None):
+        for slot, prompt in zip(slots, prompts, strict=True):
+            self.catch_up.reset(slot, len(prompt) - 1)
+        batch = prefill_batch(prompts, self.cache.key_positions.device)
+        if batch is not None:
+            self._feed(batch[0], batch[1], slots, batch[0].shape[1], hidden)
 
 
 def gather_tokens(sequences: list[list[int]], positions: torch.Tensor) -> torch.Tensor:

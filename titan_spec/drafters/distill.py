@@ -13,35 +13,43 @@ import torch.nn.functional as F
 from titan_spec.data.sft import SFTDataSource
 
 
+def _fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
+    """AdamW with 10-step warm-up and linear decay, clipped at 1.0, on `loss_at(step)`."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / steps))
+    losses = []
+    module.train()
+    for step in range(1, steps + 1):
+        loss = loss_at(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if log is not None and (step % 50 == 0 or step == steps):
+            log(f"{label} step {step}/{steps} loss {loss.item():.4f}")
+    module.eval()
+    return losses
+
+
 def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: int = 32,
                         seq_len: int = 96, lr: float = 3e-3, seed: int = 0, log=None) -> list:
     data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 7919)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / steps))
-    vocab = tokenizer.vocab_size
-    losses = []
+    vocab, device = tokenizer.vocab_size, next(draft.parameters()).device
     target.eval()
-    draft.train()
-    device = next(draft.parameters()).device
-    for step in range(1, steps + 1):
+
+    def loss_at(step):
         batch = data.global_batch(step)
         inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
         with torch.no_grad():
             target_log_probs = F.log_softmax(target(inputs)[..., :vocab].float(), dim=-1)
         draft_log_probs = F.log_softmax(draft(inputs)[..., :vocab].float(), dim=-1)
         soft_ce = -(target_log_probs.exp() * draft_log_probs).sum(-1)
-        loss = (soft_ce * mask).sum() / mask.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(draft.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log is not None and (step % 50 == 0 or step == steps):
-            log(f"distil step {step}/{steps} soft-CE {loss.item():.4f}")
-    draft.eval()
-    return losses
+        return (soft_ce * mask).sum() / mask.sum()
+
+    return _fit(draft, steps, lr, loss_at, log, "distil draft model")
 
 
 def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: int = 32,
@@ -52,17 +60,12 @@ def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: in
     the frozen target head) plus a smooth-L1 pull of its predicted hidden state towards h_j, so
     that feeding back its own predictions while drafting stays close to the target."""
     data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 104729)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 10) * max(0.1, 1 - step / steps))
-    vocab = tokenizer.vocab_size
-    losses = []
+    vocab, device = tokenizer.vocab_size, next(head.parameters()).device
     target.eval()
-    head.train()
-    device = next(head.parameters()).device
-    for step in range(1, steps + 1):
+
+    def loss_at(step):
         batch = data.global_batch(step)
-        inputs = batch.inputs.to(device)
+        inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
         with torch.no_grad():
             logits, hidden = target(inputs, return_hidden=True)
             target_log_probs = F.log_softmax(logits[..., :vocab].float(), dim=-1)
@@ -75,15 +78,6 @@ def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: in
         head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
         soft_ce = -(target_log_probs.exp() * head_log_probs).sum(-1)
         feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
-        mask = batch.loss_mask.to(device)
-        loss = ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if log is not None and (step % 50 == 0 or step == steps):
-            log(f"eagle distil step {step}/{steps} loss {loss.item():.4f}")
-    head.eval()
-    return losses
+        return ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
+
+    return _fit(head, steps, lr, loss_at, log, "distil eagle head")

@@ -11,53 +11,29 @@ from __future__ import annotations
 
 import torch
 
-from titan_spec.rollout.kv_cache import KVCache
 from titan_spec.rollout.sampling import process_logits
 
-from .base import CatchUp, Drafter, DraftRequest, gather_tokens, sample_rows
+from .base import CachedDrafter, DraftRequest, gather_tokens, sample_rows
 
 
-class EagleDrafter(Drafter):
+class EagleDrafter(CachedDrafter):
     name = "eagle"
     needs_target_hidden = True
 
     def __init__(self, target, head):
+        super().__init__(cache_owner=head)
         self.target, self.head = target, head
-        self.cache: KVCache | None = None
-        self.catch_up = CatchUp()
-
-    def start(self, max_batch_size, max_seq_len, device):
-        dtype = next(self.head.parameters()).dtype
-        self.cache = KVCache.for_model(self.head, max_batch_size, max_seq_len, dtype=dtype,
-                                       device=device)
-
-    def stop(self):
-        self.cache = None
 
     def _logits(self, predicted_hidden):
         return torch.nn.functional.linear(predicted_hidden, self.target.output.weight)
 
-    def _feed(self, tokens, positions, slots, hidden, attend_len):
+    def _feed(self, tokens, positions, slots, attend_len, hidden=None):
         """Head forward at `positions` [B, T] with true target hidden states h_{pos-1}."""
         rows = torch.as_tensor(slots, device=tokens.device).unsqueeze(1)
         previous = hidden[rows, (positions - 1).clamp(min=0)]
         previous = torch.where((positions > 0).unsqueeze(-1), previous, torch.zeros_like(previous))
-        view = self.cache.view(torch.as_tensor(slots, device=tokens.device), attend_len)
-        return self.head(previous, self.target.tok_embeddings(tokens), positions, view)
-
-    @torch.no_grad()
-    def prefill(self, slots, prompts, hidden=None):
-        for slot, prompt in zip(slots, prompts, strict=True):
-            self.catch_up.reset(slot, len(prompt) - 1)
-        longest = max(len(p) for p in prompts) - 1
-        if longest <= 0:
-            return
-        device = hidden.device
-        tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt) - 1] = torch.tensor(prompt[:-1], device=device)
-        positions = torch.arange(longest, device=device).expand(len(prompts), longest)
-        self._feed(tokens, positions, slots, hidden, longest)
+        return self.head(previous, self.target.tok_embeddings(tokens), positions,
+                         self._view(slots, attend_len))
 
     @torch.no_grad()
     def propose(self, request: DraftRequest):
@@ -65,11 +41,9 @@ class EagleDrafter(Drafter):
         lengths = torch.tensor([len(s) for s in request.sequences], device=device)
         positions = self.catch_up.window(request)
         tokens = gather_tokens(request.sequences, positions)
-        longest = max(len(s) for s in request.sequences)
-        predicted = self._feed(tokens, positions, request.slots, hidden,
-                               longest + request.k)[:, -1:]
-        view = self.cache.view(torch.as_tensor(request.slots, device=device),
-                               longest + request.k)
+        attend_len = max(len(s) for s in request.sequences) + request.k
+        predicted = self._feed(tokens, positions, request.slots, attend_len, hidden)[:, -1:]
+        view = self._view(request.slots, attend_len)
         draft_ids, draft_probs = [], []
         for i in range(request.k):
             probs = process_logits(self._logits(predicted[:, -1]), request.params,

@@ -5,8 +5,10 @@ Expected tokens per sequence for k drafts, with a_i the running acceptance rate 
 position i given all earlier ones were accepted: E(k) = 1 + a_0 + a_0 a_1 + ... (k terms).
 Iteration time T(B, k) is measured (EMA) per batch-size bucket, because verifying k+1 positions
 is nearly free at small batches and costs ~(k+1)x a decode step once the batch makes the target
-compute-bound. Unmeasured (bucket, k) pairs are tried once; afterwards one iteration in
-`explore_every` re-tries the neighbours of the current best, so estimates keep up with drift."""
+compute-bound. Exploration is cheap because it has to be (continuous batching walks through
+every bucket as the batch drains): a new bucket measures k = 0 and one k > 0, and T for other k
+comes from a straight line through the measured points; a chosen k is measured as it runs, and
+one iteration in `explore_every` re-tries a neighbour of the best, so estimates keep up."""
 
 from __future__ import annotations
 
@@ -39,16 +41,31 @@ class AdaptiveK:
             total += reach
         return total
 
+    def _measured(self, bucket: int) -> dict[int, float]:
+        return {k: t for (b, k), t in self.step_time.items() if b == bucket}
+
+    def estimated_time(self, bucket: int, k: int) -> float:
+        points = self._measured(bucket)
+        if k in points:
+            return points[k]
+        ks, times = list(points), list(points.values())
+        mean_k, mean_t = sum(ks) / len(ks), sum(times) / len(times)
+        spread = sum((x - mean_k) ** 2 for x in ks)
+        slope = sum((x - mean_k) * (t - mean_t) for x, t in zip(ks, times, strict=True)) / spread
+        return max(mean_t + slope * (k - mean_k), 1e-9)
+
     def _best(self, bucket: int) -> int:
-        measured = [k for k in range(self.max_k + 1) if (bucket, k) in self.step_time]
-        return max(measured, key=lambda k: self.expected_tokens(k) / self.step_time[(bucket, k)])
+        return max(range(self.max_k + 1),
+                   key=lambda k: self.expected_tokens(k) / self.estimated_time(bucket, k))
 
     def choose(self, batch_size: int) -> int:
         self.iterations += 1
         bucket = self.bucket(batch_size)
-        for k in range(self.max_k + 1):
-            if (bucket, k) not in self.step_time:
-                return self._record(k)
+        measured = self._measured(bucket)
+        if 0 not in measured:
+            return self._record(0)
+        if len(measured) == 1:
+            return self._record(self.max_k)
         best = self._best(bucket)
         if self.iterations % self.explore_every == 0:
             neighbour = best + 1 if (self.iterations // self.explore_every) % 2 else best - 1

@@ -21,7 +21,7 @@ from titan_spec.drafters.base import DraftRequest
 from titan_spec.kernels.rejection_sampler import rejection_sample_given
 
 from .adaptive import AdaptiveK
-from .kv_cache import KVCache
+from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -162,15 +162,11 @@ class RolloutEngine:
 
     def _prefill(self, slots: list[int], prompts: list[list[int]]):
         """Cache every prompt token but the last, which the first verify step feeds."""
-        longest = max(len(p) for p in prompts) - 1
-        if longest <= 0:
-            return
-        tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=self.device)
-        for row, prompt in enumerate(prompts):
-            tokens[row, : len(prompt) - 1] = torch.tensor(prompt[:-1], device=self.device)
-        positions = torch.arange(longest, device=self.device).expand(len(prompts), longest)
-        slot_ids = torch.tensor(slots, device=self.device)
-        self._forward(tokens, positions, slot_ids, longest)
+        batch = prefill_batch(prompts, self.device)
+        if batch is not None:
+            tokens, positions = batch
+            self._forward(tokens, positions, torch.tensor(slots, device=self.device),
+                          tokens.shape[1])
 
     def _forward(self, tokens, positions, slot_ids, attend_len):
         """Target forward on the cache; keeps final hidden states when a drafter reads them."""

@@ -11,6 +11,20 @@ from __future__ import annotations
 import torch
 
 
+def prefill_batch(prompts: list[list[int]], device):
+    """Every prompt token but the last (the first verify step feeds it), right-padded:
+    -> (tokens [B, L], positions [B, L]), or None when all prompts are one token long.
+    Padding writes junk at positions >= len(prompt) - 1, which later writes overwrite before
+    any query can attend to them."""
+    longest = max(len(p) for p in prompts) - 1
+    if longest <= 0:
+        return None
+    tokens = torch.zeros((len(prompts), longest), dtype=torch.long, device=device)
+    for row, prompt in enumerate(prompts):
+        tokens[row, : len(prompt) - 1] = torch.tensor(prompt[:-1], device=device)
+    return tokens, torch.arange(longest, device=device).expand(len(prompts), longest)
+
+
 class LayerView:
     def __init__(self, keys, values, key_positions, slots, attend_len: int):
         self.keys, self.values, self.key_positions = keys, values, key_positions
