@@ -1,5 +1,5 @@
 from titan_spec.data.tokenizer import CharTokenizer
-from titan_spec.drafters.distill import distill_draft_model, distill_eagle_head
+from titan_spec.drafters.distill import distill_draft_model, distill_eagle_head, distill_heads
 from titan_spec.models import build_model
 from titan_spec.models.heads import build_draft_head
 from titan_spec.rl.tasks import build_task
@@ -15,5 +15,8 @@ def test_distillation_learns_and_never_touches_the_target():
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
     head = build_draft_head(target.args, seed=2)
     losses = distill_eagle_head(target, head, task, tok, steps=30, batch_size=8, seq_len=48)
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    heads = [build_draft_head(target.args, seed=s) for s in (3, 4)]
+    losses = distill_heads(target, heads, task, tok, steps=30, batch_size=8, seq_len=48)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
     assert all(p.grad is None for p in target.parameters())

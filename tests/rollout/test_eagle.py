@@ -20,14 +20,23 @@ def target():
     return build_model("qwen3", "debug", seed=0).eval()
 
 
-def _teacher_forced_first_draft(target, head, sequence, params, vocab):
+def _teacher_forced_chain(target, heads, sequence, params, vocab):
+    """Draft distributions after `sequence` from each head of the chain, teacher forced:
+    head m at p reads (o^{m-1}_{p-1}, x_p) with o^0 the target's hidden states."""
     tokens = torch.tensor([sequence])
+    positions = torch.arange(len(sequence)).unsqueeze(0)
+    out = []
     with torch.no_grad():
-        _, hidden = target(tokens, return_hidden=True)
-        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
-        positions = torch.arange(len(sequence)).unsqueeze(0)
-        predicted = head(previous, target.tok_embeddings(tokens), positions)
-        return process_logits(target.output(predicted[:, -1]), params, vocab)[0]
+        _, source = target(tokens, return_hidden=True)
+        for head in heads:
+            previous = torch.cat([torch.zeros_like(source[:, :1]), source[:, :-1]], dim=1)
+            source = head(previous, target.tok_embeddings(tokens), positions)
+            out.append(process_logits(target.output(source[:, -1]), params, vocab)[0])
+    return out
+
+
+def _teacher_forced_first_draft(target, head, sequence, params, vocab):
+    return _teacher_forced_chain(target, [head], sequence, params, vocab)[0]
 
 
 def _draft_model_first_draft(draft_model, sequence, params, vocab):
@@ -49,14 +58,14 @@ class Schedule:
         pass
 
 
-@pytest.mark.parametrize("kind", ["eagle", "draft_model"])
+@pytest.mark.parametrize("kind", ["eagle", "mtp", "draft_model"])
 @pytest.mark.parametrize("schedule", [[3], [0, 0, 3, 2, 0, 1]], ids=["k3", "with_k0"])
 def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
     small = build_model("qwen3", "debug", seed=9, n_layers=2).eval()
-    if kind == "eagle":
-        drafter = build_drafter("eagle", target=target, seed=3)
+    if kind in ("eagle", "mtp"):
+        drafter = build_drafter(kind, target=target, seed=3)
         reference = lambda seq, vocab: _teacher_forced_first_draft(  # noqa: E731
-            target, drafter.head, seq, params, vocab)
+            target, drafter.heads[0], seq, params, vocab)
     else:
         drafter = build_drafter("draft_model", model=small)
         reference = lambda seq, vocab: _draft_model_first_draft(small, seq, params, vocab)  # noqa
@@ -80,23 +89,47 @@ def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
     assert len(checked) > 10 and len(set(checked)) > 5
 
 
-def test_greedy_identity(target):
+def test_mtp_second_draft_comes_from_the_second_head(target):
+    drafter = build_drafter("mtp", target=target, seed=4, num_heads=2)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=6)
+    checked = []
+    original = drafter.propose
+
+    def checking_propose(request):
+        ids, probs = original(request)
+        for row, sequence in enumerate(request.sequences):
+            extended = sequence + [int(ids[row, 0])]
+            expected = _teacher_forced_chain(target, drafter.heads, extended, params,
+                                             request.vocab_size)[1]
+            torch.testing.assert_close(probs[row, 1], expected, atol=2e-5, rtol=1e-4)
+            checked.append(row)
+        return ids, probs
+
+    drafter.propose = checking_propose
+    RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
+                  max_seq_len=64).generate(PROMPTS, params)
+    assert len(checked) > 10
+
+
+@pytest.mark.parametrize("kind", ["eagle", "mtp"])
+def test_greedy_identity(target, kind):
     params = SamplingParams(temperature=0, max_new_tokens=24)
     plain = RolloutEngine(target, max_batch_size=2, max_seq_len=64).generate(PROMPTS, params)
     for k in (1, 4):
-        engine = RolloutEngine(target, build_drafter("eagle", target=target), num_draft_tokens=k,
+        engine = RolloutEngine(target, build_drafter(kind, target=target), num_draft_tokens=k,
                                max_batch_size=3, max_seq_len=64, adaptive=k == 4)
         assert [c.token_ids for c in engine.generate(PROMPTS, params)] == \
             [c.token_ids for c in plain]
 
 
 @pytest.mark.slow
-def test_sequence_distribution_is_exact(target):
+@pytest.mark.parametrize("kind", ["eagle", "mtp"])
+def test_sequence_distribution_is_exact(target, kind):
     params, vocab, n = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=3, seed=21), \
         6, 20_000
     prompt = [1, 2, 3, 4]
     exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
-    engine = RolloutEngine(target, build_drafter("eagle", target=target), num_draft_tokens=2,
+    engine = RolloutEngine(target, build_drafter(kind, target=target), num_draft_tokens=2,
                            max_batch_size=2000, max_seq_len=16, vocab_size=vocab)
     completions = engine.generate([prompt] * n, params)
     index = {o: i for i, o in enumerate(outcomes)}
@@ -104,6 +137,7 @@ def test_sequence_distribution_is_exact(target):
     assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
 
 
-def test_eagle_needs_the_target():
-    with pytest.raises(ValueError, match="target="):
-        build_drafter("eagle")
+def test_head_drafters_need_the_target():
+    for kind in ("eagle", "mtp"):
+        with pytest.raises(ValueError, match="target="):
+            build_drafter(kind)

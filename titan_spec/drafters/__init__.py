@@ -6,11 +6,11 @@ import difflib
 
 from .base import Drafter, DraftRequest
 from .draft_model import DraftModelDrafter
-from .eagle import EagleDrafter
+from .eagle import EagleDrafter, MtpDrafter
 from .ngram import NgramDrafter
 
 DRAFTERS: dict[str, type] = {"draft_model": DraftModelDrafter, "eagle": EagleDrafter,
-                             "ngram": NgramDrafter}
+                             "mtp": MtpDrafter, "ngram": NgramDrafter}
 
 
 def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
@@ -23,16 +23,23 @@ def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
     if cls is DraftModelDrafter and "model" not in kwargs:
         raise ValueError("the draft_model drafter needs model=<a small causal LM with the "
                          "target's tokenizer>.")
-    if cls is EagleDrafter:
-        if target is None:
-            raise ValueError("the eagle drafter reads the target's hidden states: pass target=.")
-        if "head" not in kwargs:
-            from titan_spec.models.heads import build_draft_head
-
-            kwargs["head"] = build_draft_head(target.args, seed=kwargs.pop("seed", 0),
-                                              device=target.rope_cos.device)
-        return cls(target, **kwargs)
+    if cls in (EagleDrafter, MtpDrafter):
+        return _head_drafter(cls, kind, target, **kwargs)
     return cls(**kwargs)
+
+
+def _head_drafter(cls, kind: str, target, seed: int = 0, num_heads: int = 2, **kwargs):
+    from titan_spec.models.heads import build_draft_head
+
+    if target is None:
+        raise ValueError(f"the {kind} drafter reads the target's hidden states: pass target=.")
+    device = target.rope_cos.device
+    if cls is EagleDrafter:
+        head = kwargs.pop("head", None) or build_draft_head(target.args, seed, device)
+        return cls(target, head, **kwargs)
+    heads = kwargs.pop("heads", None) or [build_draft_head(target.args, seed + i, device)
+                                          for i in range(num_heads)]
+    return cls(target, heads, **kwargs)
 
 
 __all__ = ["DRAFTERS", "DraftRequest", "Drafter", "build_drafter"]

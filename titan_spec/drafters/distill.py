@@ -52,15 +52,22 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
     return _fit(draft, steps, lr, loss_at, log, "distil draft model")
 
 
-def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: int = 32,
-                       seq_len: int = 96, lr: float = 3e-3, seed: int = 0,
-                       feature_weight: float = 0.1, log=None) -> list:
-    """Teacher-forced EAGLE training: the head sees (h_{j-1}, x_j) with the target's TRUE
-    hidden states, and learns the target's distribution of x_{j+1} (soft cross-entropy through
-    the frozen target head) plus a smooth-L1 pull of its predicted hidden state towards h_j, so
-    that feeding back its own predictions while drafting stays close to the target."""
+def distill_eagle_head(target, head, task, tokenizer, steps: int, **kwargs) -> list:
+    """EAGLE: a chain of one head (see distill_heads)."""
+    return distill_heads(target, [head], task, tokenizer, steps, **kwargs)
+
+
+def distill_heads(target, heads, task, tokenizer, steps: int, batch_size: int = 32,
+                  seq_len: int = 96, lr: float = 3e-3, seed: int = 0,
+                  feature_weight: float = 0.1, log=None) -> list:
+    """Teacher-forced training of a head chain (drafters/eagle.py): head m at position p sees
+    (o^{m-1}_{p-1}, x_p), with o^0 the target's TRUE hidden states and o^m head m's output, and
+    learns the target's distribution of x_{p+1} (soft cross-entropy through the frozen target
+    head) plus a smooth-L1 pull of o^m towards the target's hidden state, so that feeding back
+    predictions while drafting stays close to the target. Heads train jointly."""
     data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 104729)
-    vocab, device = tokenizer.vocab_size, next(head.parameters()).device
+    vocab, device = tokenizer.vocab_size, next(heads[0].parameters()).device
+    modules = torch.nn.ModuleList(heads)
     target.eval()
 
     def loss_at(step):
@@ -68,16 +75,20 @@ def distill_eagle_head(target, head, task, tokenizer, steps: int, batch_size: in
         inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
         with torch.no_grad():
             logits, hidden = target(inputs, return_hidden=True)
-            target_log_probs = F.log_softmax(logits[..., :vocab].float(), dim=-1)
+            target_probs = F.softmax(logits[..., :vocab].float(), dim=-1)
             embeds = target.tok_embeddings(inputs)
-        previous = torch.cat([torch.zeros_like(hidden[:, :1]), hidden[:, :-1]], dim=1)
         positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs)
-        predicted = head(previous, embeds, positions)
-        # The target's head is frozen here: gradients reach the draft head only.
-        head_logits = F.linear(predicted, target.output.weight.detach())
-        head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
-        soft_ce = -(target_log_probs.exp() * head_log_probs).sum(-1)
-        feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
-        return ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
+        source, total = hidden, 0.0
+        for head in heads:
+            previous = torch.cat([torch.zeros_like(source[:, :1]), source[:, :-1]], dim=1)
+            predicted = head(previous, embeds, positions)
+            # The target's head is frozen here: gradients reach the draft heads only.
+            head_logits = F.linear(predicted, target.output.weight.detach())
+            head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
+            soft_ce = -(target_probs * head_log_probs).sum(-1)
+            feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
+            total = total + ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
+            source = predicted
+        return total / len(heads)
 
-    return _fit(head, steps, lr, loss_at, log, "distil eagle head")
+    return _fit(modules, steps, lr, loss_at, log, f"distil {len(heads)} head(s)")
