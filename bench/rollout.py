@@ -22,7 +22,7 @@ import torch
 from titan_spec.config import load_config
 from titan_spec.data.tokenizer import CharTokenizer
 from titan_spec.drafters import build_drafter
-from titan_spec.drafters.distill import distill_draft_model, distill_eagle_head
+from titan_spec.drafters.distill import distill_draft_model, distill_heads
 from titan_spec.models import build_model
 from titan_spec.models.heads import build_draft_head
 from titan_spec.rl.tasks import build_task
@@ -65,16 +65,19 @@ def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict)
     return draft.eval()
 
 
-def distilled_eagle_head(target, steps: int, seed: int):
-    path = CACHE / f"eagle-{target.args.dim}-{steps}-{seed}.pt"
-    head = build_draft_head(target.args, seed=seed + 2)
+def distilled_heads(target, num_heads: int, steps: int, seed: int):
+    """EAGLE (one head) or MTP (one head per depth), distilled jointly, cached."""
+    path = CACHE / f"heads{num_heads}-{target.args.dim}-{steps}-{seed}.pt"
+    heads = torch.nn.ModuleList([build_draft_head(target.args, seed=seed + 2 + i)
+                                 for i in range(num_heads)])
     if path.is_file():
-        head.load_state_dict(torch.load(path, weights_only=True))
+        heads.load_state_dict(torch.load(path, weights_only=True))
     else:
         task = build_task("arithmetic", min_digits=1, max_digits=3)
-        distill_eagle_head(target, head, task, CharTokenizer(), steps, seed=seed, log=log.info)
-        torch.save(head.state_dict(), path)
-    return head.eval()
+        distill_heads(target, list(heads), task, CharTokenizer(), steps, seed=seed,
+                      log=log.info)
+        torch.save(heads.state_dict(), path)
+    return [head.eval() for head in heads]
 
 
 def rl_prompts(num_prompts: int, group_size: int, seed: int):
@@ -132,12 +135,14 @@ def main(argv=None) -> dict:
 
     target = trained_target(args.flavor, args.train_steps, args.seed, args.threads)
     draft = distilled_draft(target, "debug", args.distill_steps, args.seed, {"n_layers": 2})
-    head = distilled_eagle_head(target, args.distill_steps, args.seed)
+    (head,) = distilled_heads(target, 1, args.distill_steps, args.seed)
+    mtp_heads = distilled_heads(target, 2, args.distill_steps, args.seed)
     vocab = CharTokenizer().vocab_size
     drafters = {
         "ngram": lambda: build_drafter("ngram"),
         "draft_model": lambda: build_drafter("draft_model", model=draft),
         "eagle": lambda: build_drafter("eagle", target=target, head=head),
+        "mtp": lambda: build_drafter("mtp", target=target, heads=mtp_heads),
     }
     params = SamplingParams(temperature=args.temperature, max_new_tokens=96,
                             stop_token_ids=(CharTokenizer().eos_id,), seed=args.seed)
@@ -178,7 +183,10 @@ def main(argv=None) -> dict:
                      "draft_model": {"params": draft.args.num_params(),
                                      "distill_steps": args.distill_steps},
                      "eagle": {"params": sum(p.numel() for p in head.parameters()),
-                               "distill_steps": args.distill_steps}},
+                               "distill_steps": args.distill_steps},
+                     "mtp": {"heads": len(mtp_heads),
+                             "params": sum(p.numel() for h in mtp_heads for p in h.parameters()),
+                             "distill_steps": args.distill_steps}},
         "sampling": {"temperature": args.temperature, "k": args.k,
                      "group_size": args.group_size},
         "results": results,
