@@ -41,10 +41,18 @@ def test_a_new_bucket_costs_two_exploratory_iterations():
         for _ in range(2):
             first.append(policy.choose(batch_size))
             k = first[-1]
-            policy.observe(batch_size, k, 0.0, 1.0 + k, [[1] * (k + 1)] * batch_size)
-        assert first == [0, 4]
+            policy.observe(batch_size, k, 0.0, 1.0 + 0.1 * k, [[1] * (k + 1)] * batch_size)
+        assert first == [0, 4]  # all drafts accepted: the best elsewhere is max_k
     # between measured points, time is interpolated
-    assert policy.estimated_time(policy.bucket(8), 2) == pytest.approx(3.0)
+    assert policy.estimated_time(policy.bucket(8), 2) == pytest.approx(1.2)
+
+
+def test_a_drafter_turned_off_elsewhere_is_probed_with_one_draft():
+    policy = AdaptiveK(max_k=4)
+    _drive(policy, 64, lambda k: 1.0 * (k + 1), [0, 0, 0, 0], iterations=20)
+    assert policy.choose(8) == 0
+    policy.observe(8, 0, 0.0, 1.0, [[1]] * 8)
+    assert policy.choose(8) == 1
 
 
 def test_expected_tokens():

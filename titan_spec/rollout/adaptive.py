@@ -6,9 +6,11 @@ position i given all earlier ones were accepted: E(k) = 1 + a_0 + a_0 a_1 + ... 
 Iteration time T(B, k) is measured (EMA) per batch-size bucket, because verifying k+1 positions
 is nearly free at small batches and costs ~(k+1)x a decode step once the batch makes the target
 compute-bound. Exploration is cheap because it has to be (continuous batching walks through
-every bucket as the batch drains): a new bucket measures k = 0 and one k > 0, and T for other k
-comes from a straight line through the measured points; a chosen k is measured as it runs, and
-one iteration in `explore_every` re-tries a neighbour of the best, so estimates keep up."""
+every bucket as the batch drains): a new bucket measures k = 0 and one k > 0 (the best k of the
+nearest measured bucket, at least 1, so a drafter already turned off elsewhere is only probed
+with one draft), and T for other k comes from a straight line through the measured points; a
+chosen k is measured as it runs, and one iteration in `explore_every` re-tries a neighbour of
+the best, so estimates keep up."""
 
 from __future__ import annotations
 
@@ -58,6 +60,13 @@ class AdaptiveK:
         return max(range(self.max_k + 1),
                    key=lambda k: self.expected_tokens(k) / self.estimated_time(bucket, k))
 
+    def _nearest_best(self, bucket: int) -> int:
+        """Best k of the closest bucket with two measured ks (max_k when there is none)."""
+        ready = {b for (b, _) in self.step_time if len(self._measured(b)) >= 2}
+        if not ready:
+            return self.max_k
+        return self._best(min(ready, key=lambda b: abs(b - bucket)))
+
     def choose(self, batch_size: int) -> int:
         self.iterations += 1
         bucket = self.bucket(batch_size)
@@ -65,7 +74,7 @@ class AdaptiveK:
         if 0 not in measured:
             return self._record(0)
         if len(measured) == 1:
-            return self._record(self.max_k)
+            return self._record(max(1, self._nearest_best(bucket)))
         best = self._best(bucket)
         if self.iterations % self.explore_every == 0:
             neighbour = best + 1 if (self.iterations // self.explore_every) % 2 else best - 1
