@@ -3,7 +3,10 @@ prompt group and over recent completions of the same prompt. No model and no dra
 distribution (draft_probs None: the acceptance rule treats the draft as one-hot).
 
 GRPO samples G completions per prompt and RL revisits prompts across steps, so siblings and
-earlier answers share long spans (the worked steps of a solution): a cheap, strong drafter."""
+earlier answers share long spans (the worked steps of a solution): a cheap, strong drafter.
+Each sequence keeps an incremental index from every n-gram (n <= max_ngram) to its two latest
+start positions, so a lookup is a dict access, not a scan: drafting must stay cheap next to a
+decode step, or the adaptive policy's probes alone would cost more than they find."""
 
 from __future__ import annotations
 
@@ -14,15 +17,38 @@ import torch
 from .base import Drafter, DraftRequest
 
 
-def find_continuation(pattern: list[int], source: list[int], k: int):
-    """Tokens after the LAST occurrence of `pattern` in `source` that has at least one token
-    after it (up to k). In a sequence's own context the pattern's final occurrence is its own
-    tail, which has nothing after it, so it is skipped by construction."""
-    n = len(pattern)
-    for start in range(len(source) - n - 1, -1, -1):
-        if source[start:start + n] == pattern:
-            return source[start + n:start + n + k]
-    return []
+class NgramIndex:
+    """n-gram -> (latest start, previous start) over a growing token list."""
+
+    def __init__(self, max_ngram: int):
+        self.max_ngram = max_ngram
+        self.tokens: list[int] = []
+        self.starts: dict[tuple, tuple] = {}
+        self.indexed = 0  # tokens[:indexed] are in the index
+
+    def extend(self, tokens: list[int]) -> "NgramIndex":
+        """Index the tokens appended since the last call (`tokens` only ever grows)."""
+        self.tokens = tokens
+        for end in range(self.indexed + 1, len(tokens) + 1):
+            for n in range(1, min(self.max_ngram, end) + 1):
+                key = tuple(tokens[end - n:end])
+                latest = self.starts.get(key)
+                self.starts[key] = (end - n, latest[0] if latest else None)
+        self.indexed = len(tokens)
+        return self
+
+    def continuation(self, pattern: tuple, k: int) -> list[int]:
+        """Up to k tokens after the latest occurrence of `pattern` that has a token after it
+        (a sequence's own tail is the pattern itself, with nothing after it)."""
+        for start in self.starts.get(pattern, ()):
+            if start is not None and start + len(pattern) < len(self.tokens):
+                return self.tokens[start + len(pattern):start + len(pattern) + k]
+        return []
+
+
+def find_continuation(pattern: list[int], source: list[int], k: int) -> list[int]:
+    """One-off lookup in a plain token list (builds a throwaway index)."""
+    return NgramIndex(len(pattern)).extend(source).continuation(tuple(pattern), k)
 
 
 class NgramDrafter(Drafter):
@@ -34,33 +60,35 @@ class NgramDrafter(Drafter):
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
         self.history: dict = defaultdict(lambda: deque(maxlen=history_per_prompt))
         self._prompt_len: dict[int, int] = {}
+        self._index: dict[int, NgramIndex] = {}
 
     def prefill(self, slots, prompts):
         for slot, prompt in zip(slots, prompts, strict=True):
             self._prompt_len[slot] = len(prompt)
+            self._index[slot] = NgramIndex(self.max_ngram)
 
-    def _sources(self, row: int, request: DraftRequest, by_group: dict):
-        """Token lists in preference order: siblings, history, own context."""
-        own = request.sequences[row]
-        group = request.group_ids[row]
-        prompt = tuple(own[: self._prompt_len[request.slots[row]]])
-        siblings = [request.sequences[i] for i in by_group.get(group, ()) if i != row]
-        return siblings + list(self.history[prompt]) + [own]
+    def _sources(self, row: int, request: DraftRequest, by_group: dict) -> list[NgramIndex]:
+        """Indices in preference order: siblings, recent completions of the prompt, own."""
+        slot, group = request.slots[row], request.group_ids[row]
+        prompt = tuple(request.sequences[row][: self._prompt_len[slot]])
+        siblings = [self._index[request.slots[i]] for i in by_group.get(group, ()) if i != row]
+        return siblings + list(reversed(self.history[prompt])) + [self._index[slot]]
 
     def _propose_row(self, row: int, request: DraftRequest, by_group: dict) -> list[int]:
         context = request.sequences[row]
         sources = self._sources(row, request, by_group)
         for n in range(min(self.max_ngram, len(context)), self.min_ngram - 1, -1):
-            pattern = context[-n:]
+            pattern = tuple(context[-n:])
             for source in sources:
-                found = find_continuation(pattern, source, request.k)
+                found = source.continuation(pattern, request.k)
                 if found:
                     return found
         return []
 
     def propose(self, request: DraftRequest):
         by_group: dict = defaultdict(list)
-        for row, group in enumerate(request.group_ids):
+        for row, (slot, group) in enumerate(zip(request.slots, request.group_ids, strict=True)):
+            self._index[slot].extend(request.sequences[row])
             if group is not None:
                 by_group[group].append(row)
         rows = []
@@ -74,4 +102,5 @@ class NgramDrafter(Drafter):
 
     def finish(self, slot, tokens, group_id):
         prompt_len = self._prompt_len.pop(slot)
-        self.history[tuple(tokens[:prompt_len])].append(list(tokens))
+        index = self._index.pop(slot).extend(tokens)
+        self.history[tuple(tokens[:prompt_len])].append(index)
