@@ -58,30 +58,36 @@ class Schedule:
         pass
 
 
-@pytest.mark.parametrize("kind", ["eagle", "mtp", "draft_model"])
-@pytest.mark.parametrize("schedule", [[3], [0, 0, 3, 2, 0, 1]], ids=["k3", "with_k0"])
-def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
-    small = build_model("qwen3", "debug", seed=9, n_layers=2).eval()
-    if kind in ("eagle", "mtp"):
-        drafter = build_drafter(kind, target=target, seed=3)
-        reference = lambda seq, vocab: _teacher_forced_first_draft(  # noqa: E731
-            target, drafter.heads[0], seq, params, vocab)
-    else:
-        drafter = build_drafter("draft_model", model=small)
-        reference = lambda seq, vocab: _draft_model_first_draft(small, seq, params, vocab)  # noqa
-    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=5)
-    checked = []
-    original = drafter.propose
+def _check_drafts(drafter, depth: int, reference) -> list:
+    """Wrap drafter.propose: draft distribution `depth` of every row must equal
+    reference(sequence, drafted ids of the row, vocab). Returns the checked sequence lengths."""
+    checked, original = [], drafter.propose
 
     def checking_propose(request):
         ids, probs = original(request)
         for row, sequence in enumerate(request.sequences):
-            expected = reference(sequence, request.vocab_size)
-            torch.testing.assert_close(probs[row, 0], expected, atol=2e-5, rtol=1e-4)
+            expected = reference(sequence, ids[row].tolist(), request.vocab_size)
+            torch.testing.assert_close(probs[row, depth], expected, atol=2e-5, rtol=1e-4)
             checked.append(len(sequence))
         return ids, probs
 
     drafter.propose = checking_propose
+    return checked
+
+
+@pytest.mark.parametrize("kind", ["eagle", "mtp", "draft_model"])
+@pytest.mark.parametrize("schedule", [[3], [0, 0, 3, 2, 0, 1]], ids=["k3", "with_k0"])
+def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
+    params = SamplingParams(temperature=1.0, max_new_tokens=16, seed=5)
+    small = build_model("qwen3", "debug", seed=9, n_layers=2).eval()
+    if kind in ("eagle", "mtp"):
+        drafter = build_drafter(kind, target=target, seed=3)
+        checked = _check_drafts(drafter, 0, lambda seq, ids, vocab: _teacher_forced_first_draft(
+            target, drafter.heads[0], seq, params, vocab))
+    else:
+        drafter = build_drafter("draft_model", model=small)
+        checked = _check_drafts(drafter, 0, lambda seq, ids, vocab: _draft_model_first_draft(
+            small, seq, params, vocab))
     engine = RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
                            max_seq_len=64)
     engine.policy = Schedule(schedule)
@@ -92,20 +98,8 @@ def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
 def test_mtp_second_draft_comes_from_the_second_head(target):
     drafter = build_drafter("mtp", target=target, seed=4, num_heads=2)
     params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=6)
-    checked = []
-    original = drafter.propose
-
-    def checking_propose(request):
-        ids, probs = original(request)
-        for row, sequence in enumerate(request.sequences):
-            extended = sequence + [int(ids[row, 0])]
-            expected = _teacher_forced_chain(target, drafter.heads, extended, params,
-                                             request.vocab_size)[1]
-            torch.testing.assert_close(probs[row, 1], expected, atol=2e-5, rtol=1e-4)
-            checked.append(row)
-        return ids, probs
-
-    drafter.propose = checking_propose
+    checked = _check_drafts(drafter, 1, lambda seq, ids, vocab: _teacher_forced_chain(
+        target, drafter.heads, seq + ids[:1], params, vocab)[1])
     RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
                   max_seq_len=64).generate(PROMPTS, params)
     assert len(checked) > 10
