@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from titan_spec.config import load_config
-from titan_spec.data.tokenizer import CharTokenizer
+from titan_spec.data.tokenizer import CharTokenizer, encode_prompt
 from titan_spec.drafters import build_drafter
 from titan_spec.drafters.distill import distill_draft_model, distill_heads
 from titan_spec.models import build_model
@@ -86,7 +86,7 @@ def rl_prompts(num_prompts: int, group_size: int, seed: int):
         random.Random(f"bench:{seed}")
     prompts, groups = [], []
     for index in range(num_prompts):
-        encoded = [tok.bos_id] + tok.encode(task.sample(rng).prompt)
+        encoded = encode_prompt(tok, task.sample(rng).prompt)
         prompts += [encoded] * group_size
         groups += [index] * group_size
     return prompts, groups

@@ -19,7 +19,7 @@ from titan_spec.components.metrics import MetricsLogger, memory_gib
 from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
 from titan_spec.config import to_toml
 from titan_spec.data.sft import SFTDataSource
-from titan_spec.data.tokenizer import build_tokenizer
+from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
 from titan_spec.models import build_model, get_model_spec
 from titan_spec.parallel.init import materialize_and_init
 from titan_spec.parallel.parallel_dims import ParallelDims
@@ -188,8 +188,7 @@ class Trainer:
         dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
         mine = problems[dp_rank::self.dims.dp]
         tok = self.tokenizer
-        prompts = [([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(p.prompt)
-                   for p in mine]
+        prompts = [encode_prompt(tok, p.prompt) for p in mine]
         self.model.eval()
         max_new = self.cfg.training.seq_len - max(map(len, prompts))
         outputs = greedy_decode(self.model, prompts, max_new, tok.eos_id, tok.pad_id,

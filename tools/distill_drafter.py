@@ -22,7 +22,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from titan_spec.config import ConfigError, load_config
-from titan_spec.data.tokenizer import build_tokenizer
+from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
 from titan_spec.drafters import build_drafter
 from titan_spec.drafters.distill import distill_draft_model, distill_heads
 from titan_spec.models import build_model
@@ -56,8 +56,7 @@ def build_trainable(kind: str, target, model_name: str, args):
 
 def acceptance_length(target, drafter, task, tokenizer, problems: int, k: int, seed: int):
     rng = random.Random(f"distill-eval:{seed}")
-    prompts = [([tokenizer.bos_id] if tokenizer.bos_id is not None else [])
-               + tokenizer.encode(task.sample(rng).prompt) for _ in range(problems)]
+    prompts = [encode_prompt(tokenizer, task.sample(rng).prompt) for _ in range(problems)]
     engine = RolloutEngine(target, drafter, num_draft_tokens=k, max_batch_size=8,
                            max_seq_len=128, vocab_size=tokenizer.vocab_size)
     engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=96, seed=seed,

@@ -4,7 +4,6 @@ the key, the file and a fix. CLI overrides `--section.key=value` win over the fi
 from __future__ import annotations
 
 import difflib
-import os
 import types
 import typing
 from dataclasses import fields, is_dataclass
@@ -206,6 +205,3 @@ def to_toml(cfg: JobConfig) -> str:
         lines.append("")
     return "\n".join(lines)
 
-
-def env_world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))

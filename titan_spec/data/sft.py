@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .tokenizer import encode_prompt
+
 
 @dataclass
 class Batch:
@@ -27,7 +29,7 @@ class SFTDataSource:
 
     def _encode(self, problem) -> tuple[list[int], int]:
         tok = self.tokenizer
-        prompt = ([tok.bos_id] if tok.bos_id is not None else []) + tok.encode(problem.prompt)
+        prompt = encode_prompt(tok, problem.prompt)
         ids = prompt + tok.encode(problem.solution) + [tok.eos_id]
         if len(ids) > self.seq_len + 1:
             raise ValueError(

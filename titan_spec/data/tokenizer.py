@@ -72,5 +72,11 @@ class HFTokenizer:
         return self._tok.decode(list(ids), skip_special_tokens=True)
 
 
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Prompt ids as every consumer feeds them: BOS (when the tokenizer has one), then text."""
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    return bos + tokenizer.encode(text)
+
+
 def build_tokenizer(spec: str):
     return CharTokenizer() if spec == "char" else HFTokenizer(spec)

@@ -60,8 +60,3 @@ def process_logits(logits: torch.Tensor, params: SamplingParams,
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
 
-
-def sample_from(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per row of probs [..., V] (exponential race: argmax probs / Exp(1))."""
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / noise).argmax(dim=-1)
