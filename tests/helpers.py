@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -66,6 +67,12 @@ def _worker(rank, world_size, port, config, overrides, out_file, stop_at):
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     run_trainer(config, overrides, out_file, stop_at)
+    # The work is done and the process group destroyed; skip interpreter teardown, where a
+    # gloo background thread can still be joinable and abort the process ('terminate called
+    # without an active exception'), which spawn would report as a failed rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(world_size: int, config: str, overrides: list[str], tmp_path: Path,

@@ -47,6 +47,14 @@ def main(argv: list[str] | None = None) -> int:
         trainer.train()
     finally:
         trainer.close()
+    if trainer.env.world_size > 1:
+        # Training is complete and the process group destroyed. Skip interpreter teardown: a
+        # gloo background thread can still be joinable there and abort the process ('terminate
+        # called without an active exception'), turning a finished run into a failed rank.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
