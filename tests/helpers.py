@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 FAST = [
     "--training.global_batch_size=8",
     "--training.seq_len=64",
-    "--sft.max_digits=2",
+    "--task.max_digits=2",
     "--metrics.enable_tensorboard=false",
     "--lr_scheduler.warmup_steps=2",
 ]
@@ -87,3 +87,31 @@ def run_distributed(world_size: int, config: str, overrides: list[str], tmp_path
 
 def read_metrics(folder) -> list[dict]:
     return [json.loads(line) for line in Path(folder, "metrics.jsonl").read_text().splitlines()]
+
+
+def _function_worker(rank, world_size, port, fn, args, out_file):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    result = fn(rank, world_size, *args)
+    if rank == 0:
+        torch.save(result, out_file)
+    if dist.is_initialized():  # fn may have closed it (Trainer.close)
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run_function(world_size: int, fn, tmp_path: Path, *args):
+    """Run fn(rank, world_size, *args) on `world_size` spawned gloo ranks (fn must be a
+    module-level function); return rank 0's result."""
+    out_file = str(tmp_path / f"fn-{free_port()}.pt")
+    mp.start_processes(_function_worker, args=(world_size, free_port(), fn, args, out_file),
+                       nprocs=world_size, join=True, start_method="spawn")
+    return torch.load(out_file, weights_only=False)

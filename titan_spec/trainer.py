@@ -1,5 +1,14 @@
-"""The training loop as a readable recipe. This issue's stage is SFT (warm-start); the RL stages
-plug in after it."""
+"""The training loop as a readable recipe: SFT warm-start of the policy, drafter warm-start,
+then synchronous GRPO whose rollouts are speculative and verified by the learner itself.
+
+One RL step (colocated):
+  1. rollout: the learner unshards once (parallel/colocate.py); its hook-free view is the
+     target of the RolloutEngine; the drafter proposes, the view verifies, rejection sampling
+     keeps the output distribution exact. Each data-parallel rank generates its prompts' groups.
+  2. logprob: the same view recomputes the rollout tokens' logprobs (mismatch vs behaviour is
+     logged); the drafter adapts on that forward's detached logits / hidden states.
+  3. train: the learner reshards; clipped-surrogate loss on group-relative advantages,
+     normalised by the global number of completion tokens; optimizer step."""
 
 from __future__ import annotations
 
@@ -21,11 +30,26 @@ from titan_spec.config import to_toml
 from titan_spec.data.sft import SFTDataSource
 from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
 from titan_spec.models import build_model, get_model_spec
+from titan_spec.parallel.colocate import colocated_policy
 from titan_spec.parallel.init import materialize_and_init
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
-from titan_spec.rl.tasks import build_task
+from titan_spec.rl.advantages import group_advantages, informative_groups
+from titan_spec.rl.losses import build_loss
+from titan_spec.rl.online_drafter import OnlineDrafter, check_acceptance
+from titan_spec.rl.rollout_batch import (
+    RolloutBatch,
+    assemble,
+    chunks,
+    forward_chunks,
+    learner_logprobs,
+    logprob_mismatch,
+)
+from titan_spec.rl.summary import summary_table
+from titan_spec.rl.tasks import task_from_config
+from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.greedy import greedy_decode
+from titan_spec.rollout.sampling import SamplingParams, token_logprobs
 
 log = logging.getLogger("titan_spec")
 
@@ -69,9 +93,13 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     if dims.ep > 1 and (not args.is_moe or args.num_experts % dims.ep):
         raise ValueError(f"parallelism.ep={dims.ep} needs an MoE flavor whose num_experts it "
                          f"divides; {cfg.model.flavor} has {args.num_experts} experts.")
-    if 0 < cfg.sft.eval_problems < dims.dp:
-        raise ValueError(f"sft.eval_problems={cfg.sft.eval_problems} is fewer than the {dims.dp} "
-                         "data-parallel ranks that share them; use at least that many, or 0.")
+    for key in ("sft", "rl"):
+        count = getattr(cfg, key).eval_problems
+        if 0 < count < dims.dp:
+            raise ValueError(f"{key}.eval_problems={count} is fewer than the {dims.dp} "
+                             "data-parallel ranks that share them; use at least that many, or 0.")
+    if cfg.rl.steps:
+        _preflight_rl(cfg, dims, args)
     per_step = dims.dp * cfg.training.grad_accum_steps
     if cfg.training.global_batch_size % per_step:
         raise ValueError(
@@ -81,6 +109,26 @@ def preflight(cfg, world_size: int) -> ParallelDims:
             f"{max(per_step, cfg.training.global_batch_size // per_step * per_step)}."
         )
     return dims
+
+
+def _preflight_rl(cfg, dims, args) -> None:
+    rl = cfg.rl
+    if rl.prompts_per_step % dims.dp:
+        raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
+                         f"{dims.dp} data-parallel ranks (each generates whole groups).")
+    local = rl.prompts_per_step // dims.dp * rl.group_size
+    if local % rl.minibatches:
+        raise ValueError(f"each rank's {local} samples (rl.prompts_per_step / dp x group_size) "
+                         f"must split into rl.minibatches={rl.minibatches} equal parts.")
+    if cfg.rollout.temperature == 0:
+        raise ValueError("rollout.temperature=0 makes every sample of a group identical (no "
+                         "advantage signal); RL needs temperature > 0.")
+    if rl.kl_coef > 0 and dims.tp > 1:
+        raise ValueError("rl.kl_coef > 0 keeps a full reference copy, not supported with "
+                         "parallelism.tp > 1 yet; set rl.kl_coef=0 or tp=1.")
+    if cfg.rollout.max_new_tokens >= args.max_seq_len:
+        raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room "
+                         f"for the prompt in the model's max_seq_len={args.max_seq_len}.")
 
 
 def token_loss_sum(logits, labels, loss_mask) -> torch.Tensor:
@@ -101,18 +149,34 @@ class Trainer:
         self.tokenizer = build_tokenizer(cfg.model.tokenizer)
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
-        self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.sft.steps)
-        self.task = build_task(cfg.sft.task, min_digits=cfg.sft.min_digits,
-                               max_digits=cfg.sft.max_digits)
+        self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.sft.steps,
+                                            cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)
+        self.task = task_from_config(cfg.task)
+        self.drafter, self.online_drafter = self._build_drafter()
+        self.policy_version = 0  # optimizer updates of the RL phase
+        self.drafter_warm = False
+        self.reference = None  # frozen policy for the KL term (rl.kl_coef > 0)
+        self.rl_records: list[dict] = []
+        self.evals: list[dict] = []
         self.data = SFTDataSource(self.task, self.tokenizer, cfg.training.global_batch_size,
                                   cfg.training.seq_len, cfg.job.seed)
+        extra = {}
+        if self.online_drafter is not None:
+            extra["drafter"] = (self.online_drafter.trainable.module,
+                                self.online_drafter.optimizer)
         self.checkpoint = CheckpointManager(cfg.checkpoint, cfg.job.dump_folder, self.model,
                                             self.optimizer, self.scheduler, self.env.rank,
-                                            self.env.world_size)
+                                            self.env.world_size, extra=extra)
         self.step = 0
         resume_from = self.checkpoint.find_resume_point() if cfg.checkpoint.enable else None
         if resume_from is not None:
-            self.step = self.checkpoint.load(resume_from)["step"]
+            state = self.checkpoint.load(resume_from)
+            self.step = state["step"]
+            self.policy_version = state.get("policy_version", 0)
+            self.drafter_warm = state.get("drafter_warm", False) and \
+                "drafter" in state.get("loaded_extra", [])
+            if self.online_drafter is not None:
+                self.online_drafter.version = state.get("drafter_version", 0)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
                                      self.is_main, resumed=resume_from is not None)
         if self.is_main:
@@ -135,15 +199,36 @@ class Trainer:
                  self.dims.dp_shard, self.dims.tp, self.dims.ep)
         return model
 
+    def _build_drafter(self):
+        """-> (drafter for the engine or None, OnlineDrafter or None)."""
+        d = self.cfg.drafter
+        if d.kind == "none" or d.num_draft_tokens == 0:
+            return None, None
+        if d.kind == "ngram":
+            from titan_spec.drafters import build_drafter
+
+            return build_drafter("ngram"), None
+        from titan_spec.drafters.trainable import build_trainable_drafter
+
+        trainable = build_trainable_drafter(
+            d.kind, self.model, self.cfg.model.name, seed=self.cfg.job.seed + 17,
+            device=self.env.device, draft_flavor=d.draft_flavor, draft_layers=d.draft_layers,
+            num_heads=d.num_heads)
+        dp_group = self.dims.mesh("dp").get_group() if self._dp_comm() else None
+        return trainable.drafter, OnlineDrafter(trainable, d, dp_group)
+
+    def _dp_comm(self) -> bool:
+        return self.env.world_size > 1 and self.dims.dp > 1
+
     def _local_batch(self, step: int):
         batch = self.data.global_batch(step)
         dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
         per_rank = self.cfg.training.global_batch_size // self.dims.dp
         return batch, batch.slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
 
-    def _all_reduce_dp(self, value: torch.Tensor) -> torch.Tensor:
-        if self.env.world_size > 1 and self.dims.dp > 1:
-            dist.all_reduce(value, group=self.dims.mesh("dp").get_group())
+    def _all_reduce_dp(self, value: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self._dp_comm():
+            dist.all_reduce(value, op=op, group=self.dims.mesh("dp").get_group())
         return value
 
     def train_step(self, step: int) -> dict:
@@ -179,10 +264,9 @@ class Trainer:
                 "lr": lr, "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
                 "memory_gib": memory_gib(self.env.device)}
 
-    def evaluate(self) -> dict:
-        """Greedy accuracy on held-out problems (a stream disjoint from the training data);
-        each data-parallel rank solves its share."""
-        count = self.cfg.sft.eval_problems
+    def evaluate(self, count: int) -> dict:
+        """Greedy accuracy on `count` held-out problems (a stream disjoint from the training
+        data); each data-parallel rank solves its share."""
         rng = random.Random(f"eval:{self.cfg.job.seed}")
         problems = [self.task.sample(rng) for _ in range(count)]
         dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
@@ -197,25 +281,274 @@ class Trainer:
                       for problem, ids in zip(mine, outputs, strict=True))
         total = self._all_reduce_dp(torch.tensor([correct, len(mine)], dtype=torch.float64,
                                                  device=self.env.device))
-        return {"step": self.step, "phase": "eval", "accuracy": float(total[0] / total[1]),
-                "num_problems": int(total[1])}
+        record = {"step": self.step, "phase": "eval", "accuracy": float(total[0] / total[1]),
+                  "num_problems": int(total[1])}
+        self.evals.append(record)
+        return record
+
+    def _save(self) -> None:
+        self.checkpoint.save(self.step, {
+            "data_position": self.step, "policy_version": self.policy_version,
+            "drafter_warm": self.drafter_warm,
+            "drafter_version": self.online_drafter.version if self.online_drafter else 0})
+
+    def _maybe_save(self, last_step: int) -> None:
+        ckpt = self.cfg.checkpoint
+        if ckpt.enable and (self.step % ckpt.interval == 0 or self.step == last_step):
+            self._save()
 
     def train(self) -> None:
-        total = self.cfg.sft.steps
-        if self.cfg.sft.eval_problems and self.step == 0:
-            self.metrics.log(self.evaluate())
+        sft_steps, rl_cfg = self.cfg.sft.steps, self.cfg.rl
+        total = sft_steps + rl_cfg.steps
         if self.step >= total:
-            log.warning("checkpoint is already at step %d >= sft.steps=%d: nothing to train. "
-                        "Use a new job.dump_folder or --checkpoint.resume=false to start over.",
-                        self.step, total)
-        ckpt = self.cfg.checkpoint
+            log.warning("checkpoint is already at step %d >= sft.steps + rl.steps = %d: nothing "
+                        "to train. Use a new job.dump_folder or --checkpoint.resume=false to "
+                        "start over.", self.step, total)
+        if self.step < sft_steps:
+            if self.cfg.sft.eval_problems and self.step == 0:
+                self.metrics.log(self.evaluate(self.cfg.sft.eval_problems))
+            while self.step < sft_steps:
+                self.step += 1
+                self.metrics.log(self.train_step(self.step))
+                self._maybe_save(sft_steps)
+            if self.cfg.sft.eval_problems:
+                self.metrics.log(self.evaluate(self.cfg.sft.eval_problems))
+        if self.step < total:
+            self._train_rl(total)
+
+    # ------------------------------------------------------------------ RL
+    def _train_rl(self, total: int) -> None:
+        self._warm_start_drafter()
+        count = self.cfg.rl.eval_problems
+        before = None
+        if count:
+            previous = self.evals[-1] if self.evals else None
+            fresh = previous is not None and previous["step"] == self.step and \
+                previous["num_problems"] == count
+            before = previous if fresh else self.evaluate(count)
+            if not fresh:
+                self.metrics.log(before)
         while self.step < total:
             self.step += 1
-            self.metrics.log(self.train_step(self.step))
-            if ckpt.enable and (self.step % ckpt.interval == 0 or self.step == total):
-                self.checkpoint.save(self.step, {"data_position": self.step})
-        if self.cfg.sft.eval_problems and total > 0:
-            self.metrics.log(self.evaluate())
+            record = self.rl_step(self.step)
+            self.rl_records.append(record)
+            self.metrics.log(record)
+            self._maybe_save(total)
+        after = None
+        if count:
+            after = self.evaluate(count)
+            self.metrics.log(after)
+        if self.is_main:
+            print(summary_table(self.rl_records, before, after), flush=True)
+
+    def _warm_start_drafter(self) -> None:
+        """Distil a learnable drafter from the current policy on the task (once per run)."""
+        if self.online_drafter is None or self.drafter_warm:
+            return
+        steps = self.cfg.drafter.warmup_steps
+        trainable = self.online_drafter.trainable
+        start = time.perf_counter()
+        if steps:
+            with colocated_policy(self.model, self._dims_or_none(), self._builder()) as view:
+                trainable.distill(view, self.task, self.tokenizer, steps, lr=self.cfg.drafter.lr,
+                                  seed=self.cfg.job.seed, seq_len=self.cfg.training.seq_len,
+                                  log=log.info if self.is_main else None)
+            if self.env.world_size > 1:  # every replica starts from rank 0's drafter
+                for param in trainable.module.parameters():
+                    dist.broadcast(param.data, src=0)
+        self.drafter_warm = True
+        self.metrics.log({"step": self.step, "phase": "drafter_warmup", "steps": steps,
+                          "kind": trainable.kind, "time_s": time.perf_counter() - start})
+
+    def _dims_or_none(self):
+        return self.dims if self.env.world_size > 1 else None
+
+    def _builder(self):
+        return get_model_spec(self.cfg.model.name).builder
+
+    def _rl_prompts(self, step: int):
+        """This rank's share of the step's prompts, each repeated group_size times."""
+        rl = self.cfg.rl
+        rng = random.Random(f"rl:{self.cfg.job.seed}:{step}")
+        problems = [self.task.sample(rng) for _ in range(rl.prompts_per_step)]
+        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
+        per_rank = rl.prompts_per_step // self.dims.dp
+        first = dp_rank * per_rank
+        mine = problems[first:first + per_rank]
+        samples = [(first + i, problem) for i, problem in enumerate(mine)
+                   for _ in range(rl.group_size)]
+        prompts = [encode_prompt(self.tokenizer, problem.prompt) for _, problem in samples]
+        return prompts, [problem for _, problem in samples], [gid for gid, _ in samples]
+
+    def _sampling_params(self, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
+        # Tensor-parallel peers share a dp rank, hence the seed: they must decode in lockstep.
+        seed = (self.cfg.job.seed * 1_000_003 + step) * 1009 + dp_rank
+        return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                              max_new_tokens=r.max_new_tokens,
+                              stop_token_ids=(self.tokenizer.eos_id,), seed=seed)
+
+    def _engine(self, view, prompts) -> RolloutEngine:
+        d, r = self.cfg.drafter, self.cfg.rollout
+        if self.online_drafter is not None:
+            self.online_drafter.trainable.bind(view)
+        if not hasattr(self, "_adaptive"):
+            from titan_spec.rollout.adaptive import AdaptiveK
+
+            self._adaptive = AdaptiveK(d.num_draft_tokens) if d.adaptive and self.drafter \
+                else None
+        max_len = min(view.args.max_seq_len, max(map(len, prompts)) + r.max_new_tokens + 1)
+        return RolloutEngine(view, self.drafter, num_draft_tokens=d.num_draft_tokens,
+                             max_batch_size=r.max_batch_size, max_seq_len=max_len,
+                             vocab_size=self.tokenizer.vocab_size, adaptive=self._adaptive)
+
+    def _rollout_batch(self, prompts, problems, completions) -> RolloutBatch:
+        rl, device = self.cfg.rl, self.env.device
+        inputs, targets, mask, behaviour = assemble(prompts, completions,
+                                                    self.tokenizer.pad_id, device)
+        rewards = torch.tensor([self.task.reward(problem, self.tokenizer.decode(c.token_ids))
+                                for problem, c in zip(problems, completions, strict=True)])
+        advantages = group_advantages(rewards, rl.group_size, rl.normalize_std)
+        if rl.dynamic_sampling:  # all-equal groups carry no gradient: leave them out
+            mask = mask * informative_groups(rewards, rl.group_size).to(mask).unsqueeze(1)
+        count = len(completions)
+        versions = torch.full((count,), self.policy_version, dtype=torch.long)
+        drafter_version = self.online_drafter.version if self.online_drafter else 0
+        return RolloutBatch(inputs, targets, mask, behaviour, rewards.to(device),
+                            advantages.to(device), versions,
+                            torch.full((count,), drafter_version, dtype=torch.long))
+
+    def _recompute(self, view, batch: RolloutBatch, params, global_tokens: float) -> dict:
+        """Learner logprobs (ratio denominator and mismatch), reference logprobs, and the
+        drafter's online update, all from no-grad forwards of the unsharded learner."""
+        vocab, parts = self.tokenizer.vocab_size, self.cfg.training.grad_accum_steps
+        old, ref, drafter_time = torch.zeros_like(batch.mask), None, 0.0
+        online = self.online_drafter if self.cfg.drafter.online else None
+        if online is not None:
+            online.begin()
+        for start, stop, logits, hidden in forward_chunks(view, batch, parts):
+            old[start:stop] = learner_logprobs(logits, batch, start, stop, params, vocab)
+            if online is not None:
+                t0 = time.perf_counter()
+                online.accumulate(batch, start, stop, logits, hidden, view, vocab,
+                                  global_tokens)
+                drafter_time += time.perf_counter() - t0
+        if self.cfg.rl.kl_coef > 0:
+            if self.reference is None:
+                import copy
+
+                self.reference = copy.deepcopy(view)  # the policy at RL start, kept whole
+            ref = torch.zeros_like(batch.mask)
+            for start, stop, logits, _ in forward_chunks(self.reference, batch, parts):
+                ref[start:stop] = learner_logprobs(logits, batch, start, stop, params, vocab)
+        batch.old_logprobs, batch.ref_logprobs = old, ref
+        metrics = {"time_drafter_s": drafter_time}
+        if online is not None:
+            t0 = time.perf_counter()
+            metrics.update(online.step())
+            metrics["time_drafter_s"] += time.perf_counter() - t0
+        return metrics
+
+    def _train_policy(self, batch: RolloutBatch, params) -> dict:
+        rl, accum = self.cfg.rl, self.cfg.training.grad_accum_steps
+        loss_fn, vocab = build_loss(rl.loss), self.tokenizer.vocab_size
+        parts = chunks(batch.inputs.shape[0], rl.minibatches)
+        counts = torch.tensor([float(batch.mask[a:b].sum()) for a, b in parts], dtype=torch.float64)
+        counts = self._all_reduce_dp(counts.to(self.env.device)).clamp(min=1)
+        sums = {"loss": 0.0, "clip_fraction": 0.0, "ratio_mean": 0.0, "kl": 0.0}
+        grad_norms = []
+        self.model.train()
+        for index, (first, last) in enumerate(parts):
+            minibatch = batch.slice(first, last)
+            for start, stop in chunks(last - first, accum):
+                micro = minibatch.slice(start, stop)
+                logits = self.model(micro.inputs)
+                logprobs = token_logprobs(logits, micro.targets, params, vocab)
+                loss, metrics = loss_fn(logprobs, micro.old_logprobs, micro.advantages,
+                                        micro.mask, counts[index].float(), rl.clip_low,
+                                        rl.clip_high, micro.ref_logprobs, rl.kl_coef)
+                aux = self.model.aux_loss()
+                if aux is not None:
+                    loss = loss + aux / (accum * self.dims.dp * len(parts))
+                loss.backward()
+                sums["loss"] += loss.item() / len(parts)
+                for key, value in metrics.items():
+                    sums[key] += value.item() / len(parts)
+            reduce_partial_grads(self.model)
+            grad_norms.append(clip_grad_norm_(self.model.parameters(),
+                                              self.cfg.training.max_grad_norm))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.policy_version += 1
+        totals = self._all_reduce_dp(torch.tensor(list(sums.values()), dtype=torch.float64,
+                                                  device=self.env.device))
+        result = dict(zip(sums, totals.tolist(), strict=True))
+        if rl.kl_coef == 0:
+            result.pop("kl")
+        result["grad_norm"] = max(grad_norms)
+        return result
+
+    def rl_step(self, step: int) -> dict:
+        start = time.perf_counter()
+        prompts, problems, group_ids = self._rl_prompts(step)
+        params = self._sampling_params(step)
+        lr = self.optimizer.param_groups[0]["lr"]
+        with colocated_policy(self.model, self._dims_or_none(), self._builder()) as view:
+            t0 = time.perf_counter()
+            engine = self._engine(view, prompts)
+            completions = engine.generate(prompts, params, group_ids)
+            time_rollout = time.perf_counter() - t0
+            batch = self._rollout_batch(prompts, problems, completions)
+            global_tokens = float(self._all_reduce_dp(batch.mask.sum().double()))
+            t1 = time.perf_counter()
+            extra = self._recompute(view, batch, params, max(global_tokens, 1.0))
+            time_logprob = time.perf_counter() - t1 - extra["time_drafter_s"]
+        t2 = time.perf_counter()
+        trained = self._train_policy(batch, params)
+        time_train = time.perf_counter() - t2
+        record = {"step": step, "phase": "rl", "lr": lr, **trained, **extra}
+        record.update(self._rollout_metrics(batch, completions, engine.last_stats, time_rollout))
+        record.update(time_rollout_s=time_rollout, time_logprob_s=time_logprob,
+                      time_train_s=time_train, step_time_s=time.perf_counter() - start,
+                      memory_gib=memory_gib(self.env.device))
+        return record
+
+    def _rollout_metrics(self, batch: RolloutBatch, completions, stats, time_rollout) -> dict:
+        """Global (all data-parallel ranks) rollout statistics of this step."""
+        k = len(stats["drafted_per_position"])
+        gap_sum, gap_max, gap_count = logprob_mismatch(batch.behaviour_logprobs,
+                                                       batch.old_logprobs, batch.mask)
+        lengths = [len(c.token_ids) for c in completions]
+        sums = torch.tensor(
+            [float(batch.rewards.sum()), float((batch.rewards >= 1).sum()), len(completions),
+             sum(lengths), stats["tokens"], stats["sequence_steps"], float(gap_sum),
+             float(gap_count), float((batch.advantages != 0).sum())]
+            + stats["accepted_per_position"] + stats["drafted_per_position"],
+            dtype=torch.float64, device=self.env.device)
+        sums = self._all_reduce_dp(sums).tolist()
+        maxima = self._all_reduce_dp(torch.tensor([float(gap_max), time_rollout],
+                                                  dtype=torch.float64, device=self.env.device),
+                                     op=dist.ReduceOp.MAX).tolist()
+        rewards, correct, samples, length_sum, tokens, seq_steps, gap, gap_n, nonzero = sums[:9]
+        accepted, drafted = sums[9:9 + k], sums[9 + k:]
+        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
+        collapsed = self.drafter is not None and self.is_main and check_acceptance(
+            rates, self.cfg.drafter.collapse_threshold, self.cfg.drafter.kind)
+        return {
+            "reward_mean": rewards / samples, "accuracy": correct / samples,
+            "response_len_mean": length_sum / samples,
+            "rollout_tokens_per_s": tokens / max(maxima[1], 1e-9),
+            "acceptance_length": tokens / max(seq_steps, 1),
+            "acceptance_rate_per_position": rates,
+            "logprob_mismatch_max": maxima[0], "logprob_mismatch_mean": gap / max(gap_n, 1),
+            "nonzero_advantage_fraction": nonzero / samples,
+            "policy_version": int(batch.policy_versions.max()),
+            "drafter_version": int(batch.drafter_versions.max()),
+            "drafter_collapsed": bool(collapsed),
+            "kv_cache_bytes": stats["kv_cache_bytes"],
+        }
 
     def close(self) -> None:
         self.metrics.close()

@@ -23,11 +23,9 @@ import torch.distributed.checkpoint as dcp
 
 from titan_spec.config import ConfigError, load_config
 from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
-from titan_spec.drafters import build_drafter
-from titan_spec.drafters.distill import distill_draft_model, distill_heads
+from titan_spec.drafters.trainable import build_trainable_drafter
 from titan_spec.models import build_model
-from titan_spec.models.heads import build_draft_head
-from titan_spec.rl.tasks import build_task
+from titan_spec.rl.tasks import task_from_config
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
 
@@ -42,16 +40,6 @@ def load_target(cfg, checkpoint: str):
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
     return model.eval()
-
-
-def build_trainable(kind: str, target, model_name: str, args):
-    if kind == "draft_model":
-        overrides = {"n_layers": args.draft_layers} if args.draft_layers else {}
-        module = build_model(model_name, args.draft_flavor, seed=args.seed, **overrides)
-        return module, [module]
-    heads = [build_draft_head(target.args, seed=args.seed + i)
-             for i in range(1 if kind == "eagle" else args.num_heads)]
-    return torch.nn.ModuleList(heads), heads
 
 
 def acceptance_length(target, drafter, task, tokenizer, problems: int, k: int, seed: int):
@@ -87,18 +75,13 @@ def main(argv=None) -> int:
         print(f"distill_drafter: {kind}: {err}", file=sys.stderr)
         return 2
     tokenizer = build_tokenizer(cfg.model.tokenizer)
-    task = build_task(cfg.sft.task, min_digits=cfg.sft.min_digits, max_digits=cfg.sft.max_digits)
-    trainable, parts = build_trainable(args.kind, target, cfg.model.name, args)
-    if args.kind == "draft_model":
-        losses = distill_draft_model(target, parts[0], task, tokenizer, args.steps, lr=args.lr,
-                                     seed=args.seed, seq_len=cfg.training.seq_len, log=print)
-        drafter = build_drafter("draft_model", model=parts[0])
-    else:
-        losses = distill_heads(target, parts, task, tokenizer, args.steps, lr=args.lr,
-                               seed=args.seed, seq_len=cfg.training.seq_len, log=print)
-        drafter = build_drafter(args.kind, target=target,
-                                **({"head": parts[0]} if args.kind == "eagle" else
-                                   {"heads": parts}))
+    task = task_from_config(cfg.task)
+    trainable = build_trainable_drafter(
+        args.kind, target, cfg.model.name, seed=args.seed, draft_flavor=args.draft_flavor,
+        draft_layers=args.draft_layers, num_heads=args.num_heads)
+    losses = trainable.distill(target, task, tokenizer, args.steps, lr=args.lr, seed=args.seed,
+                               seq_len=cfg.training.seq_len, log=print)
+    drafter, trainable = trainable.drafter, trainable.module
     accepted = acceptance_length(target, drafter, task, tokenizer, args.eval_problems, args.k,
                                  args.seed)
     out = Path(args.out)

@@ -21,7 +21,7 @@ def test_distill_tool_end_to_end(tmp_path, kind):
         [sys.executable, "-m", "tools.distill_drafter", "--config", "debug_model.toml",
          "--checkpoint", str(tmp_path / "checkpoint" / "step-2"), "--kind", kind, "--steps", "3",
          "--out", str(out), "--eval-problems", "4", "--training.seq_len=64",
-         "--sft.max_digits=2"],
+         "--task.max_digits=2"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())

@@ -62,7 +62,7 @@ def test_bad_choice_lists_valid_values():
 
 def test_impossible_value():
     with pytest.raises(ConfigError, match="min_digits"):
-        load_config(None, ["--sft.min_digits=5", "--sft.max_digits=2"])
+        load_config(None, ["--task.min_digits=5", "--task.max_digits=2"])
 
 
 def test_malformed_cli_argument():

@@ -94,14 +94,26 @@ def _barrier() -> None:
 
 class CheckpointManager:
     def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
-                 world_size: int):
+                 world_size: int, extra: dict | None = None):
+        """extra: name -> (module, optimizer) saved next to the model (e.g. the drafter);
+        a checkpoint without them (an SFT-only run) still loads, reporting what it had."""
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.rank, self.world_size = rank, world_size
+        self.extra = extra or {}
         self.folder = Path(dump_folder) / cfg.folder
 
-    def _state(self) -> dict:
-        return {"model": get_model_state_dict(self.model),
-                "optim": get_optimizer_state_dict(self.model, self.optimizer)}
+    def _state(self, extras=None) -> dict:
+        state = {"model": get_model_state_dict(self.model),
+                 "optim": get_optimizer_state_dict(self.model, self.optimizer)}
+        for name in self.extra if extras is None else extras:
+            module, optimizer = self.extra[name]
+            state[name] = get_model_state_dict(module)
+            state[f"{name}_optim"] = get_optimizer_state_dict(module, optimizer)
+        return state
+
+    def _saved_extras(self, path: Path) -> list[str]:
+        keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        return [name for name in self.extra if any(k.startswith(f"{name}.") for k in keys)]
 
     def save(self, step: int, train_state: dict) -> Path:
         final = self.folder / f"step-{step}"
@@ -153,11 +165,16 @@ class CheckpointManager:
         return None
 
     def load(self, path: Path) -> dict:
-        state = self._state()
         try:
+            extras = self._saved_extras(path)
+            state = self._state(extras)
             dcp.load(state, checkpoint_id=str(path))
             set_model_state_dict(self.model, state["model"])
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+            for name in extras:
+                module, optimizer = self.extra[name]
+                set_model_state_dict(module, state[name])
+                set_optimizer_state_dict(module, optimizer, state[f"{name}_optim"])
         except (Exception, CheckpointException) as err:  # DCP wraps per-rank tracebacks
             cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [repr(err)]
             raise CheckpointError(
@@ -170,5 +187,6 @@ class CheckpointManager:
         if train_state.get("world_size") == self.world_size and rng_file.is_file():
             rng = torch.load(rng_file, weights_only=True)
             torch.set_rng_state(rng["cpu"])
+        train_state["loaded_extra"] = extras
         log.info("resumed from %s (step %d)", path, train_state["step"])
         return train_state

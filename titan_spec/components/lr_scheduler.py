@@ -22,8 +22,15 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int, decay: str, min_ra
     return min_ratio + (1.0 - min_ratio) * shape
 
 
-def build_lr_scheduler(optimizer, cfg, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda step: lr_factor(step, cfg.warmup_steps, total_steps, cfg.decay, cfg.min_lr_ratio),
-    )
+def build_lr_scheduler(optimizer, cfg, total_steps: int, rl_lr_ratio: float | None = None,
+                       rl_warmup_steps: int = 0):
+    """The SFT schedule for the first `total_steps` optimizer steps; after them (the RL phase,
+    when rl_lr_ratio is given) a constant rl_lr_ratio x peak with its own linear warm-up."""
+
+    def factor(step: int) -> float:
+        if rl_lr_ratio is None or step < total_steps:
+            return lr_factor(step, cfg.warmup_steps, total_steps, cfg.decay, cfg.min_lr_ratio)
+        rl_step = step - total_steps
+        return rl_lr_ratio * min(1.0, (rl_step + 1) / (rl_warmup_steps + 1))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

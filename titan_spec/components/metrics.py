@@ -23,7 +23,10 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-_CONSOLE = (("loss", "loss {:.4f}"), ("accuracy", "accuracy {:.3f}"),
+_CONSOLE = (("loss", "loss {:.4f}"), ("reward_mean", "reward {:.3f}"),
+            ("accuracy", "accuracy {:.3f}"), ("acceptance_length", "accept_len {:.2f}"),
+            ("response_len_mean", "len {:.1f}"), ("rollout_tokens_per_s", "rollout {:.0f} tok/s"),
+            ("logprob_mismatch_max", "mismatch {:.1e}"), ("drafter_loss", "drafter_loss {:.3f}"),
             ("grad_norm", "grad_norm {:.3f}"), ("lr", "lr {:.2e}"),
             ("tokens_per_s", "{:.0f} tok/s"), ("step_time_s", "{:.2f}s"),
             ("memory_gib", "{:.2f} GiB"))

@@ -165,8 +165,14 @@ def validate(cfg: JobConfig) -> None:
            "must be -1 (auto) or >= 1.")
     _check(s.steps >= 0, "sft.steps", "must be >= 0.")
     _check(s.eval_problems >= 0, "sft.eval_problems", "must be >= 0 (0 disables).")
-    _check(1 <= s.min_digits <= s.max_digits, "sft.min_digits",
-           f"need 1 <= min_digits ({s.min_digits}) <= max_digits ({s.max_digits}).")
+    task = cfg.task
+    _check(1 <= task.min_digits <= task.max_digits, "task.min_digits",
+           f"need 1 <= min_digits ({task.min_digits}) <= max_digits ({task.max_digits}).")
+    _check(1 <= task.min_items <= task.max_items, "task.min_items",
+           f"need 1 <= min_items ({task.min_items}) <= max_items ({task.max_items}).")
+    _check(task.name != "jsonl" or bool(task.path), "task.path",
+           "task.name=jsonl needs task.path=<file.jsonl>.")
+    _validate_rl(cfg)
     o = cfg.optimizer
     _check(o.lr > 0, "optimizer.lr", "must be > 0.")
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optimizer.beta1", "betas must be in [0, 1).")
@@ -179,6 +185,35 @@ def validate(cfg: JobConfig) -> None:
     _check(c.interval > 0, "checkpoint.interval", "must be > 0.")
     _check(c.keep_latest_k >= 0, "checkpoint.keep_latest_k", "must be >= 0 (0 keeps all).")
     _check(cfg.metrics.log_freq > 0, "metrics.log_freq", "must be > 0.")
+
+
+def _validate_rl(cfg: JobConfig) -> None:
+    r, ro, d = cfg.rl, cfg.rollout, cfg.drafter
+    _check(r.steps >= 0, "rl.steps", "must be >= 0 (0 runs SFT only).")
+    _check(r.prompts_per_step > 0, "rl.prompts_per_step", "must be > 0.")
+    _check(r.group_size >= 2, "rl.group_size",
+           "must be >= 2: group-relative advantages need at least two samples per prompt.")
+    _check(r.lr > 0, "rl.lr", "must be > 0.")
+    _check(r.warmup_steps >= 0, "rl.warmup_steps", "must be >= 0.")
+    _check(0 < r.clip_low < 1, "rl.clip_low", "must be in (0, 1).")
+    _check(r.clip_high > 0, "rl.clip_high", "must be > 0.")
+    _check(r.kl_coef >= 0, "rl.kl_coef", "must be >= 0.")
+    _check(r.minibatches >= 1, "rl.minibatches", "must be >= 1.")
+    _check(r.eval_problems >= 0, "rl.eval_problems", "must be >= 0 (0 disables).")
+    _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1.")
+    _check(ro.temperature >= 0, "rollout.temperature", "must be >= 0 (0 is greedy).")
+    _check(0 < ro.top_p <= 1, "rollout.top_p", "must be in (0, 1].")
+    _check(ro.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables).")
+    _check(ro.max_batch_size >= 1, "rollout.max_batch_size", "must be >= 1.")
+    _check(d.num_draft_tokens >= 0, "drafter.num_draft_tokens", "must be >= 0.")
+    _check(d.warmup_steps >= 0, "drafter.warmup_steps", "must be >= 0.")
+    _check(d.lr > 0, "drafter.lr", "must be > 0.")
+    _check(d.max_grad_norm >= 0, "drafter.max_grad_norm", "must be >= 0 (0 disables).")
+    _check(0 <= d.collapse_threshold < 1, "drafter.collapse_threshold", "must be in [0, 1).")
+    _check(d.num_heads >= 1, "drafter.num_heads", "must be >= 1.")
+    _check(not (d.adaptive and cfg.parallelism.tp > 1), "drafter.adaptive",
+           "needs parallelism.tp=1: tensor-parallel ranks must take identical decode steps, "
+           "and adaptive k follows each rank's own timings. Set drafter.adaptive=false.")
 
 
 def to_dict(cfg) -> dict:

@@ -29,12 +29,16 @@ class SFTDataSource:
 
     def _encode(self, problem) -> tuple[list[int], int]:
         tok = self.tokenizer
+        if not problem.solution:
+            raise ValueError("SFT needs a reference solution per problem; this task's problems "
+                             "have none (jsonl lines without \"solution\"): add it, or set "
+                             "sft.steps=0 and start from a checkpoint.")
         prompt = encode_prompt(tok, problem.prompt)
         ids = prompt + tok.encode(problem.solution) + [tok.eos_id]
         if len(ids) > self.seq_len + 1:
             raise ValueError(
                 f"an SFT sample has {len(ids)} tokens but training.seq_len={self.seq_len}; raise "
-                "training.seq_len or lower sft.max_digits."
+                "training.seq_len or make the task smaller (e.g. task.max_digits)."
             )
         return ids, len(prompt)
 

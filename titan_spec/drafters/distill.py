@@ -34,6 +34,42 @@ def _fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
     return losses
 
 
+def soft_cross_entropy(target_probs, draft_logits, mask, vocab: int, normaliser=None):
+    """Mean (or sum / normaliser) over masked positions of -sum target * log draft: forward KL
+    to the target up to the target's entropy. target_probs [B, T, V] carry no gradient."""
+    draft_log_probs = F.log_softmax(draft_logits[..., :vocab].float(), dim=-1)
+    per_position = -(target_probs * draft_log_probs).sum(-1)
+    return (per_position * mask).sum() / (mask.sum() if normaliser is None else normaliser)
+
+
+def draft_model_loss(draft, inputs, mask, target_probs, vocab: int, normaliser=None):
+    """Teacher-forced loss of a draft LM on the target's next-token distributions."""
+    return soft_cross_entropy(target_probs, draft(inputs), mask, vocab, normaliser)
+
+
+def head_chain_loss(heads, inputs, mask, target_probs, hidden, embed, output_weight,
+                    vocab: int, feature_weight: float = 0.1, normaliser=None):
+    """Teacher-forced loss of a head chain (drafters/eagle.py): head m at position p sees
+    (o^{m-1}_{p-1}, x_p), o^0 being the target's TRUE hidden states [B, T, dim] and o^m head
+    m's output, and learns the target's distribution of x_{p+1} through the target's (frozen)
+    output head, plus a smooth-L1 pull of o^m towards the target's hidden state so that
+    feeding back predictions while drafting stays close to the target. `embed` is the target's
+    embedding function; hidden, target_probs and output_weight carry no gradient."""
+    positions = torch.arange(inputs.shape[1], device=inputs.device).expand_as(inputs)
+    embeds = embed(inputs).detach()
+    denominator = mask.sum() if normaliser is None else normaliser
+    source, total = hidden, 0.0
+    for head in heads:
+        previous = torch.cat([torch.zeros_like(source[:, :1]), source[:, :-1]], dim=1)
+        predicted = head(previous, embeds, positions)
+        head_logits = F.linear(predicted, output_weight)
+        soft_ce = soft_cross_entropy(target_probs, head_logits, mask, vocab, 1.0)
+        feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
+        total = total + (soft_ce + feature_weight * (feature * mask).sum()) / denominator
+        source = predicted
+    return total / len(heads)
+
+
 def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: int = 32,
                         seq_len: int = 96, lr: float = 3e-3, seed: int = 0, log=None) -> list:
     data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 7919)
@@ -44,10 +80,8 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
         batch = data.global_batch(step)
         inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
         with torch.no_grad():
-            target_log_probs = F.log_softmax(target(inputs)[..., :vocab].float(), dim=-1)
-        draft_log_probs = F.log_softmax(draft(inputs)[..., :vocab].float(), dim=-1)
-        soft_ce = -(target_log_probs.exp() * draft_log_probs).sum(-1)
-        return (soft_ce * mask).sum() / mask.sum()
+            target_probs = F.softmax(target(inputs)[..., :vocab].float(), dim=-1)
+        return draft_model_loss(draft, inputs, mask, target_probs, vocab)
 
     return _fit(draft, steps, lr, loss_at, log, "distil draft model")
 
@@ -60,11 +94,8 @@ def distill_eagle_head(target, head, task, tokenizer, steps: int, **kwargs) -> l
 def distill_heads(target, heads, task, tokenizer, steps: int, batch_size: int = 32,
                   seq_len: int = 96, lr: float = 3e-3, seed: int = 0,
                   feature_weight: float = 0.1, log=None) -> list:
-    """Teacher-forced training of a head chain (drafters/eagle.py): head m at position p sees
-    (o^{m-1}_{p-1}, x_p), with o^0 the target's TRUE hidden states and o^m head m's output, and
-    learns the target's distribution of x_{p+1} (soft cross-entropy through the frozen target
-    head) plus a smooth-L1 pull of o^m towards the target's hidden state, so that feeding back
-    predictions while drafting stays close to the target. Heads train jointly."""
+    """Teacher-forced training of a head chain on the task (head_chain_loss); heads train
+    jointly."""
     data = SFTDataSource(task, tokenizer, batch_size, seq_len, seed=seed + 104729)
     vocab, device = tokenizer.vocab_size, next(heads[0].parameters()).device
     modules = torch.nn.ModuleList(heads)
@@ -76,19 +107,8 @@ def distill_heads(target, heads, task, tokenizer, steps: int, batch_size: int = 
         with torch.no_grad():
             logits, hidden = target(inputs, return_hidden=True)
             target_probs = F.softmax(logits[..., :vocab].float(), dim=-1)
-            embeds = target.tok_embeddings(inputs)
-        positions = torch.arange(inputs.shape[1], device=device).expand_as(inputs)
-        source, total = hidden, 0.0
-        for head in heads:
-            previous = torch.cat([torch.zeros_like(source[:, :1]), source[:, :-1]], dim=1)
-            predicted = head(previous, embeds, positions)
-            # The target's head is frozen here: gradients reach the draft heads only.
-            head_logits = F.linear(predicted, target.output.weight.detach())
-            head_log_probs = F.log_softmax(head_logits[..., :vocab].float(), dim=-1)
-            soft_ce = -(target_probs * head_log_probs).sum(-1)
-            feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
-            total = total + ((soft_ce + feature_weight * feature) * mask).sum() / mask.sum()
-            source = predicted
-        return total / len(heads)
+        return head_chain_loss(heads, inputs, mask, target_probs, hidden,
+                               target.tok_embeddings, target.output.weight.detach(), vocab,
+                               feature_weight)
 
     return _fit(modules, steps, lr, loss_at, log, f"distil {len(heads)} head(s)")

@@ -19,6 +19,14 @@ from torch.distributed.tensor.parallel import (
 )
 
 PARTIAL_GRAD_ATTR = "_tp_partial_grad_params"
+# Row-parallel projections of a block: their outputs are partial sums over tp ranks.
+ROW_PARALLEL = ("attention.wo", "feed_forward.w2")
+
+
+def local_args(args, tp: int):
+    """The shape one tp rank holds of each block: its heads and SwiGLU columns."""
+    return args.with_overrides(n_heads=args.n_heads // tp, n_kv_heads=args.n_kv_heads // tp,
+                               hidden_dim=args.hidden_dim // tp)
 
 
 def check_tp_divisibility(args, tp: int) -> None:
@@ -49,13 +57,13 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> None:
             "attention.wq": ColwiseParallel(),
             "attention.wk": ColwiseParallel(),
             "attention.wv": ColwiseParallel(),
-            "attention.wo": RowwiseParallel(),
+            ROW_PARALLEL[0]: RowwiseParallel(),
         }
         if hasattr(block, "feed_forward"):
             plan.update({
                 "feed_forward.w1": ColwiseParallel(),
                 "feed_forward.w3": ColwiseParallel(),
-                "feed_forward.w2": RowwiseParallel(),
+                ROW_PARALLEL[1]: RowwiseParallel(),
             })
         # MoE blocks: router and experts stay replicated over tp (identical inputs, identical
         # gradients); experts are split over `ep` instead.

@@ -54,7 +54,7 @@ class _Sequence:
 class RolloutEngine:
     def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
                  max_seq_len: int = 512, vocab_size: int | None = None,
-                 adaptive: bool = False):
+                 adaptive: "bool | AdaptiveK" = False):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
         if max_seq_len > model.args.max_seq_len:
@@ -64,8 +64,12 @@ class RolloutEngine:
         self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size
-        # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py).
-        self.policy = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
+        # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py); an
+        # AdaptiveK instance carries its measurements over from earlier engines.
+        if isinstance(adaptive, AdaptiveK):
+            self.policy = adaptive if drafter else None
+        else:
+            self.policy = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
         # EAGLE-style drafters read the target's final hidden states, kept per slot/position.
         self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))

@@ -60,3 +60,24 @@ def process_logits(logits: torch.Tensor, params: SamplingParams,
         probs = probs / probs.sum(dim=-1, keepdim=True)
     return probs
 
+
+
+def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, params: SamplingParams,
+                   vocab_size: int | None = None) -> torch.Tensor:
+    """Differentiable log-probabilities of token_ids [...] under the SAME processed
+    distribution process_logits samples from (temperature, then the top-k / top-p support,
+    renormalised): the learner's side of the behaviour logprobs. logits [..., V] -> [...].
+    Needs temperature > 0 (a greedy policy has no useful gradient)."""
+    if params.greedy:
+        raise ValueError("token logprobs need temperature > 0: a greedy policy is one-hot.")
+    logits = logits.float()
+    if vocab_size is not None:
+        logits = logits[..., :vocab_size]
+    scaled = logits / params.temperature
+    if params.top_k or params.top_p < 1.0:
+        with torch.no_grad():
+            outside = process_logits(logits, params) == 0
+        scaled = scaled.masked_fill(outside, float("-inf"))
+    picked = torch.log_softmax(scaled, dim=-1).gather(-1, token_ids.unsqueeze(-1)).squeeze(-1)
+    # A token outside the support (possible after an update) gets a finite floor, no gradient.
+    return picked.clamp(min=-1e4)

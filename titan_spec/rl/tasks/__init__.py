@@ -6,16 +6,29 @@ import difflib
 
 from .arithmetic import ArithmeticTask
 from .base import Problem, Task
+from .countdown import CountdownTask
+from .jsonl import JsonlTask
+from .sorting import SortingTask
 
-TASKS: dict[str, type] = {"arithmetic": ArithmeticTask}
+TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "countdown": CountdownTask,
+                          "sorting": SortingTask, "jsonl": JsonlTask}
 
 
-def build_task(name: str, **kwargs) -> Task:
+def _lookup(name: str) -> type:
     if name not in TASKS:
         close = difflib.get_close_matches(name, TASKS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ValueError(f"unknown task '{name}'; registered: {', '.join(TASKS)}.{hint}")
-    return TASKS[name](**kwargs)
+    return TASKS[name]
 
 
-__all__ = ["Problem", "Task", "TASKS", "build_task"]
+def build_task(name: str, **kwargs) -> Task:
+    return _lookup(name)(**kwargs)
+
+
+def task_from_config(task_cfg) -> Task:
+    """Build from the [task] table; each task class reads the fields it uses."""
+    return _lookup(task_cfg.name).from_config(task_cfg)
+
+
+__all__ = ["Problem", "Task", "TASKS", "build_task", "task_from_config"]

@@ -21,6 +21,10 @@ class ArithmeticTask:
             raise ValueError(f"need 1 <= min_digits ({min_digits}) <= max_digits ({max_digits}).")
         self.min_digits, self.max_digits = min_digits, max_digits
 
+    @classmethod
+    def from_config(cls, cfg) -> "ArithmeticTask":
+        return cls(cfg.min_digits, cfg.max_digits)
+
     def _operand(self, rng: random.Random) -> int:
         digits = rng.randint(self.min_digits, self.max_digits)
         low = 0 if digits == 1 else 10 ** (digits - 1)
