@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from titan_spec.components.checkpoint import CheckpointManager
-from titan_spec.components.lr_scheduler import build_lr_scheduler
+from titan_spec.components.lr_scheduler import build_lr_scheduler, refresh_after_load
 from titan_spec.components.metrics import MetricsLogger, memory_gib
 from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
 from titan_spec.config import to_toml
@@ -154,7 +154,7 @@ class Trainer:
         self.task = task_from_config(cfg.task)
         self.drafter, self.online_drafter = self._build_drafter()
         self.policy_version = 0  # optimizer updates of the RL phase
-        self.drafter_warm = False
+        self.drafter_warm = self._load_drafter_init()
         self.reference = None  # frozen policy for the KL term (rl.kl_coef > 0)
         self.rl_records: list[dict] = []
         self.evals: list[dict] = []
@@ -168,13 +168,16 @@ class Trainer:
                                             self.optimizer, self.scheduler, self.env.rank,
                                             self.env.world_size, extra=extra)
         self.step = 0
-        resume_from = self.checkpoint.find_resume_point() if cfg.checkpoint.enable else None
+        # An explicit load_path is honoured even when this run does not save checkpoints.
+        use_checkpoints = cfg.checkpoint.enable or bool(cfg.checkpoint.load_path)
+        resume_from = self.checkpoint.find_resume_point() if use_checkpoints else None
         if resume_from is not None:
             state = self.checkpoint.load(resume_from)
+            refresh_after_load(self.scheduler, cfg.optimizer.lr)
             self.step = state["step"]
             self.policy_version = state.get("policy_version", 0)
-            self.drafter_warm = state.get("drafter_warm", False) and \
-                "drafter" in state.get("loaded_extra", [])
+            if "drafter" in state.get("loaded_extra", []):
+                self.drafter_warm = state.get("drafter_warm", False)
             if self.online_drafter is not None:
                 self.online_drafter.version = state.get("drafter_version", 0)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
@@ -216,6 +219,28 @@ class Trainer:
             num_heads=d.num_heads)
         dp_group = self.dims.mesh("dp").get_group() if self._dp_comm() else None
         return trainable.drafter, OnlineDrafter(trainable, d, dp_group)
+
+    def _load_drafter_init(self) -> bool:
+        path = self.cfg.drafter.init_from
+        if not path:
+            return False
+        if self.online_drafter is None:
+            raise ValueError(f"drafter.init_from is set but drafter.kind={self.cfg.drafter.kind} "
+                             "has no parameters; drop init_from or pick a learnable kind.")
+        if not os.path.isfile(path):
+            raise ValueError(f"drafter.init_from={path} is not a file; pass the --out file of "
+                             "tools/distill_drafter.py.")
+        module = self.online_drafter.trainable.module
+        try:
+            module.load_state_dict(torch.load(path, map_location=self.env.device,
+                                              weights_only=True))
+        except (RuntimeError, KeyError) as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"drafter.init_from={path} does not fit a {self.cfg.drafter.kind} "
+                             f"drafter of this config ({first}); check drafter.kind, "
+                             "draft_flavor, draft_layers and num_heads.") from None
+        log.info("drafter %s initialised from %s", self.cfg.drafter.kind, path)
+        return True
 
     def _dp_comm(self) -> bool:
         return self.env.world_size > 1 and self.dims.dp > 1

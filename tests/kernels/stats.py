@@ -21,3 +21,17 @@ def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor) -> float:
         return 1.0
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),
                                          statistic / 2))
+
+
+def two_sample_p_value(counts_a: torch.Tensor, counts_b: torch.Tensor) -> float:
+    """Chi-square test of homogeneity: were two histograms over the same bins drawn from one
+    distribution? Bins empty in both samples are dropped."""
+    table = torch.stack([counts_a.double(), counts_b.double()])
+    table = table[:, table.sum(0) > 0]
+    expected = table.sum(1, keepdim=True) * table.sum(0, keepdim=True) / table.sum()
+    statistic = ((table - expected) ** 2 / expected).sum()
+    dof = table.shape[1] - 1
+    if dof == 0:
+        return 1.0
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),
+                                         statistic / 2))

@@ -34,3 +34,12 @@ def build_lr_scheduler(optimizer, cfg, total_steps: int, rl_lr_ratio: float | No
         return rl_lr_ratio * min(1.0, (rl_step + 1) / (rl_warmup_steps + 1))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def refresh_after_load(scheduler, peak_lr: float) -> None:
+    """After loading a checkpoint: this run's peak LR (a checkpoint from another run carries its
+    own) and the LR of the next step under THIS run's schedule, not the saved one."""
+    scheduler.base_lrs = [peak_lr] * len(scheduler.optimizer.param_groups)
+    for group, factor in zip(scheduler.optimizer.param_groups, scheduler.lr_lambdas,
+                             strict=True):
+        group["lr"] = peak_lr * factor(scheduler.last_epoch)

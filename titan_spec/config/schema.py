@@ -170,7 +170,11 @@ class Drafter:
     num_heads: int = opt(2, "mtp: number of prediction heads.")
     warmup_steps: int = opt(
         200, "Distillation steps of the drafter on the task after SFT, before RL (skipped "
-        "when the checkpoint already holds a drafter)."
+        "when the checkpoint already holds a drafter, or with init_from)."
+    )
+    init_from: str = opt(
+        "", "State dict of an already distilled drafter of this kind (the --out file of "
+        "tools/distill_drafter.py); replaces the warm-up distillation."
     )
     online: bool = opt(
         True, "Adapt the drafter during RL on each rollout batch, from the learner's detached "
