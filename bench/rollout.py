@@ -41,7 +41,8 @@ def trained_target(flavor: str, steps: int, seed: int, threads: int):
     cfg = load_config("debug_model.toml", [
         f"--model.flavor={flavor}", f"--sft.steps={steps}", f"--job.dump_folder={folder}",
         f"--job.seed={seed}", "--checkpoint.interval=100000", "--checkpoint.keep_latest_k=1",
-        "--optimizer.lr=1e-3", "--metrics.log_freq=50", "--sft.eval_problems=64",
+        "--optimizer.lr=1e-3", "--metrics.log_freq=50", "--sft.eval_problems=64", "--rl.steps=0",
+        "--drafter.kind=none",
         "--metrics.enable_tensorboard=false", f"--training.threads_per_rank={threads}",
     ])
     trainer = Trainer(cfg)

@@ -520,8 +520,10 @@ class Trainer:
         prompts, problems, group_ids = self._rl_prompts(step)
         params = self._sampling_params(step)
         lr = self.optimizer.param_groups[0]["lr"]
+        gather_start = time.perf_counter()
         with colocated_policy(self.model, self._dims_or_none(), self._builder()) as view:
             t0 = time.perf_counter()
+            time_gather = t0 - gather_start
             engine = self._engine(view, prompts)
             completions = engine.generate(prompts, params, group_ids)
             time_rollout = time.perf_counter() - t0
@@ -531,12 +533,14 @@ class Trainer:
             extra = self._recompute(view, batch, params, max(global_tokens, 1.0))
             time_logprob = time.perf_counter() - t1 - extra["time_drafter_s"]
         t2 = time.perf_counter()
+        time_reshard = t2 - t1 - time_logprob - extra["time_drafter_s"]
         trained = self._train_policy(batch, params)
         time_train = time.perf_counter() - t2
         record = {"step": step, "phase": "rl", "lr": lr, **trained, **extra}
         record.update(self._rollout_metrics(batch, completions, engine.last_stats, time_rollout))
         record.update(time_rollout_s=time_rollout, time_logprob_s=time_logprob,
-                      time_train_s=time_train, step_time_s=time.perf_counter() - start,
+                      time_train_s=time_train, time_gather_s=time_gather,
+                      time_reshard_s=time_reshard, step_time_s=time.perf_counter() - start,
                       memory_gib=memory_gib(self.env.device))
         return record
 

@@ -13,7 +13,8 @@ from tests.helpers import read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--config", "debug_model.toml", "--sft.steps=6", "--metrics.enable_tensorboard=false",
+ARGS = ["--config", "debug_model.toml", "--sft.steps=6", "--rl.steps=0",
+        "--metrics.enable_tensorboard=false",
         "--sft.eval_problems=8",
         "--checkpoint.enable=false", "--metrics.log_freq=2"]
 
