@@ -190,7 +190,8 @@ class Trainer:
     def _build_model(self):
         cfg = self.cfg
         spec = get_model_spec(cfg.model.name)
-        model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
+        model = build_model(cfg.model.name, cfg.model.flavor, device="meta",
+                            attention_fp64=cfg.model.attention_fp64)
         if model.args.vocab_size < self.tokenizer.vocab_size:
             raise ValueError(f"model vocab {model.args.vocab_size} < tokenizer vocab "
                              f"{self.tokenizer.vocab_size}; pick a matching model.flavor.")

@@ -31,7 +31,8 @@ from titan_spec.rollout.sampling import SamplingParams
 
 
 def load_target(cfg, checkpoint: str):
-    model = build_model(cfg.model.name, cfg.model.flavor, seed=cfg.job.seed)
+    model = build_model(cfg.model.name, cfg.model.flavor, seed=cfg.job.seed,
+                        attention_fp64=cfg.model.attention_fp64)
     path = Path(checkpoint)
     if not (path / ".metadata").is_file():
         raise ValueError(f"{path} is not a DCP checkpoint step folder (no .metadata); pass e.g. "

@@ -122,3 +122,21 @@ def test_tied_embeddings_stay_tied_after_materialisation():
     model = build_model("qwen3", "debug", tie_embeddings=True)
     assert model.output.weight is model.tok_embeddings.weight
     assert sum(p.numel() for p in model.parameters()) == model.args.num_params()
+
+
+def test_float64_attention_changes_numerics_only():
+    """attention_fp64 keeps float32 activations and the fp32 model's outputs (to fp32
+    precision), with and without the KV cache."""
+    plain = build_model("qwen3", "debug", seed=1).eval()
+    upcast = build_model("qwen3", "debug", seed=1, attention_fp64=True).eval()
+    assert upcast.layers["0"].attention.fp64 and not plain.layers["0"].attention.fp64
+    tokens = torch.randint(3, 54, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = upcast(tokens)
+        assert full.dtype == torch.float32
+        torch.testing.assert_close(full, plain(tokens), rtol=1e-5, atol=1e-5)
+        cache = KVCache.for_model(upcast, batch_size=2, max_seq_len=32)
+        upcast(tokens[:, :25], kv_cache=cache.view(None, 25))
+        block = upcast(tokens[:, 25:], torch.arange(25, 30).expand(2, 5),
+                       kv_cache=cache.view(None, 30))
+    torch.testing.assert_close(block, full[:, 25:], rtol=1e-5, atol=1e-5)

@@ -36,6 +36,11 @@ class Model:
         "char", "'char' for the built-in character tokenizer of the synthetic tasks, "
         "or a path to a Hugging Face tokenizer.json."
     )
+    attention_fp64: bool = opt(
+        False, "Compute attention in float64 (CPU fp32 runs): rollout (KV cache) and learner "
+        "(full sequence) logprobs then agree to ~1e-6 instead of ~1e-5; costs some attention "
+        "time."
+    )
 
 
 @dataclass

@@ -24,6 +24,9 @@ class Qwen3Args:
     moe_hidden_dim: int = 0
     norm_topk_prob: bool = True
     aux_loss_coef: float = 0.001
+    # Numerics, not shape: attention in float64 makes its result independent of the key-window
+    # length, so KV-cache decoding and a full forward agree to ~1e-7 (see README, mismatch).
+    attention_fp64: bool = False
 
     @property
     def is_moe(self) -> bool:

@@ -52,6 +52,7 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
         self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
+        self.fp64 = args.attention_fp64
 
     def forward(self, x, cos, sin, positions, cache=None):
         batch, seq, _ = x.shape
@@ -67,11 +68,13 @@ class Attention(nn.Module):
             mask = key_positions.view(1, 1, -1) <= positions.unsqueeze(-1)  # [B, T, S]
             mask = mask.unsqueeze(1)  # [B, 1, T, S]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.fp64:
+            q, k, v = q.double(), k.double(), v.double()
         repeat = q.shape[1] // k.shape[1]
         if repeat > 1:
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
-        return self.wo(out.transpose(1, 2).reshape(batch, seq, -1))
+        return self.wo(out.to(x.dtype).transpose(1, 2).reshape(batch, seq, -1))
 
 
 class FeedForward(nn.Module):
