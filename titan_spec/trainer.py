@@ -47,6 +47,7 @@ from titan_spec.rl.rollout_batch import (
 )
 from titan_spec.rl.summary import summary_table
 from titan_spec.rl.tasks import task_from_config
+from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.greedy import greedy_decode
 from titan_spec.rollout.sampling import SamplingParams, token_logprobs
@@ -153,6 +154,9 @@ class Trainer:
                                             cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)
         self.task = task_from_config(cfg.task)
         self.drafter, self.online_drafter = self._build_drafter()
+        # One adaptive-k policy for the whole run: its step-time measurements carry over.
+        self._adaptive = AdaptiveK(cfg.drafter.num_draft_tokens) \
+            if cfg.drafter.adaptive and self.drafter is not None else None
         self.policy_version = 0  # optimizer updates of the RL phase
         self.drafter_warm = self._load_drafter_init()
         self.reference = None  # frozen policy for the KL term (rl.kl_coef > 0)
@@ -419,11 +423,6 @@ class Trainer:
         d, r = self.cfg.drafter, self.cfg.rollout
         if self.online_drafter is not None:
             self.online_drafter.trainable.bind(view)
-        if not hasattr(self, "_adaptive"):
-            from titan_spec.rollout.adaptive import AdaptiveK
-
-            self._adaptive = AdaptiveK(d.num_draft_tokens) if d.adaptive and self.drafter \
-                else None
         max_len = min(view.args.max_seq_len, max(map(len, prompts)) + r.max_new_tokens + 1)
         return RolloutEngine(view, self.drafter, num_draft_tokens=d.num_draft_tokens,
                              max_batch_size=r.max_batch_size, max_seq_len=max_len,

@@ -27,6 +27,16 @@ def test_distill_tool_end_to_end(tmp_path, kind):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["kind"] == kind and report["acceptance_length"] >= 1.0
     assert torch.load(out, weights_only=True)
+    # The tool's output warm-starts the RL job's drafter in place of the distillation.
+    from tests.helpers import read_metrics
+    from tests.rl.test_rl_trainer import _train
+
+    rl_folder = tmp_path / "rl"
+    layers = ["--drafter.draft_layers=2"] if kind == "draft_model" else []
+    _train(0, 1, [f"--job.dump_folder={rl_folder}", f"--drafter.kind={kind}",
+                  f"--drafter.init_from={out}", "--rl.steps=1", *layers])
+    phases = [r["phase"] for r in read_metrics(rl_folder)]
+    assert "rl" in phases and "drafter_warmup" not in phases
 
 
 def test_distill_tool_rejects_a_non_checkpoint(tmp_path):

@@ -82,6 +82,33 @@ def test_plain_and_ngram_rollouts(tmp_path):
     assert all(r["acceptance_rate_per_position"] == [] for r in plain)
     _train(0, 1, [f"--job.dump_folder={tmp_path}/ngram", "--drafter.kind=ngram"])
     assert len(_rl_records(f"{tmp_path}/ngram")) == 2
+    _train(0, 1, [f"--job.dump_folder={tmp_path}/adaptive", "--drafter.adaptive=true"])
+    assert len(_rl_records(f"{tmp_path}/adaptive")) == 2
+
+
+def test_rl_config_errors():
+    from titan_spec.config import ConfigError, load_config
+    from titan_spec.trainer import preflight
+
+    with pytest.raises(ConfigError, match="group_size"):
+        load_config("debug_model.toml", ["--rl.group_size=1"])
+    with pytest.raises(ConfigError, match="drafter.adaptive"):
+        load_config("debug_model.toml", ["--drafter.adaptive=true", "--parallelism.tp=2"])
+    with pytest.raises(ValueError, match="divisible by the 2 data-parallel"):
+        preflight(load_config("debug_model.toml", ["--rl.prompts_per_step=3"]), 2)
+    with pytest.raises(ValueError, match="temperature"):
+        preflight(load_config("debug_model.toml", ["--rollout.temperature=0"]), 1)
+    with pytest.raises(ValueError, match="minibatches"):
+        preflight(load_config("debug_model.toml", ["--rl.minibatches=3"]), 2)
+
+
+def test_drafter_init_from_errors(tmp_path):
+    with pytest.raises(ValueError, match="is not a file"):
+        _train(0, 1, [f"--job.dump_folder={tmp_path}",
+                      f"--drafter.init_from={tmp_path}/none.pt"])
+    with pytest.raises(ValueError, match="has no parameters"):
+        _train(0, 1, [f"--job.dump_folder={tmp_path}", "--drafter.kind=ngram",
+                      f"--drafter.init_from={tmp_path}/none.pt"])
 
 
 def test_collapsed_drafter_is_reported(tmp_path, caplog):
