@@ -87,8 +87,10 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     batch divisibility. Run by the launcher before it spawns workers, and by each worker."""
     from titan_spec.parallel.tensor_parallel import check_tp_divisibility
 
-    dims = ParallelDims.from_config(cfg.parallelism, world_size)
     args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
+    if cfg.parallelism.rollout.ranks:
+        _preflight_rollout_mesh(cfg, world_size, args)
+    dims = ParallelDims.from_config(cfg.parallelism, world_size)
     if dims.tp > 1:
         check_tp_divisibility(args, dims.tp)
     if dims.ep > 1 and (not args.is_moe or args.num_experts % dims.ep):
@@ -110,6 +112,38 @@ def preflight(cfg, world_size: int) -> ParallelDims:
             f"{max(per_step, cfg.training.global_batch_size // per_step * per_step)}."
         )
     return dims
+
+
+def split_world(parallelism, world_size: int) -> tuple[ParallelDims, ParallelDims]:
+    """(learner dims over the first ranks, rollout dims over the last parallelism.rollout.ranks);
+    ValueError naming the fix when the split is impossible."""
+    rollout = parallelism.rollout
+    if rollout.ranks >= world_size:
+        raise ValueError(f"parallelism.rollout.ranks={rollout.ranks} leaves no learner rank in a "
+                         f"world of {world_size}; launch more ranks or lower it.")
+    if rollout.ranks % rollout.tp:
+        raise ValueError(f"parallelism.rollout.tp={rollout.tp} must divide "
+                         f"parallelism.rollout.ranks={rollout.ranks} (rollout dp = ranks / tp).")
+    learner_world = world_size - rollout.ranks
+    try:
+        learner = ParallelDims.from_config(parallelism, learner_world)
+    except ValueError as err:
+        raise ValueError(f"with parallelism.rollout.ranks={rollout.ranks} the learner mesh has "
+                         f"{learner_world} of the {world_size} ranks: {err}") from None
+    rollout_dims = ParallelDims(1, -1, rollout.tp, 1, rollout.ranks, first_rank=learner_world)
+    return learner, rollout_dims
+
+
+def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
+    from titan_spec.parallel.tensor_parallel import check_tp_divisibility
+
+    split_world(cfg.parallelism, world_size)
+    if cfg.parallelism.rollout.tp > 1:
+        check_tp_divisibility(args, cfg.parallelism.rollout.tp)
+    raise ValueError(
+        "parallelism.rollout.ranks > 0 asks for async RL on a separate rollout mesh; the split is "
+        "valid, but the async driver is not built yet (its weight sync is: "
+        "parallel/weight_sync.py). Use parallelism.rollout.ranks=0 (colocated, synchronous RL).")
 
 
 def _preflight_rl(cfg, dims, args) -> None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, is_dataclass
 from pathlib import Path
 
 from titan_spec.config.schema import TABLES
@@ -22,14 +22,25 @@ def _default(f) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
+def _table(name: str, cls) -> list[str]:
+    lines = [f"**[{name}]**", "", "| key | default | meaning |", "| --- | --- | --- |"]
+    nested = []
+    for f in fields(cls):
+        if f.default_factory is not MISSING and is_dataclass(f.default_factory):
+            nested.append((f"{name}.{f.name}", f.default_factory))
+            continue
+        help_text = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| `{f.name}` | `{_default(f)}` | {help_text} |")
+    lines.append("")
+    for sub_name, sub_cls in nested:
+        lines += _table(sub_name, sub_cls)
+    return lines
+
+
 def render() -> str:
     lines = []
     for table, cls in TABLES.items():
-        lines += [f"**[{table}]**", "", "| key | default | meaning |", "| --- | --- | --- |"]
-        for f in fields(cls):
-            help_text = f.metadata["help"].replace("|", "\\|")
-            lines.append(f"| `{f.name}` | `{_default(f)}` | {help_text} |")
-        lines.append("")
+        lines += _table(table, cls)
     return "\n".join(lines).rstrip() + "\n"
 
 

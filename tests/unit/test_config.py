@@ -102,3 +102,24 @@ def test_readme_config_reference_is_current():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert render() in readme, "run `python -m tools.config_reference --write` to refresh README"
+
+
+def test_rollout_mesh_split_errors():
+    from titan_spec.trainer import preflight, split_world
+
+    def check(world, overrides, message):
+        cfg = load_config("debug_model.toml", overrides)
+        with pytest.raises(ValueError, match=message):
+            preflight(cfg, world)
+
+    check(2, ["--parallelism.rollout.ranks=2"], "leaves no learner rank")
+    check(4, ["--parallelism.rollout.ranks=3", "--parallelism.rollout.tp=2"], "must divide")
+    check(4, ["--parallelism.rollout.ranks=1", "--parallelism.tp=2"],
+          "learner mesh has 3 of the 4 ranks")
+    check(4, ["--parallelism.rollout.ranks=2", "--parallelism.rollout.tp=2",
+              "--model.flavor=debug_moe", "--parallelism.ep=2"], "async driver is not built")
+    with pytest.raises(ConfigError, match="rollout.ranks"):
+        load_config(None, ["--parallelism.rollout.ranks=-1"])
+    cfg = load_config(None, ["--parallelism.rollout.ranks=2", "--parallelism.rollout.tp=2"])
+    learner, rollout = split_world(cfg.parallelism, 6)
+    assert (learner.world_size, learner.dp_shard, rollout.first_rank, rollout.tp) == (4, 4, 4, 2)

@@ -83,6 +83,11 @@ def _apply_table(obj, table: dict, table_name: str, source: str) -> None:
             raise ConfigError(
                 f"unknown key [{table_name}].{key} in {source}.{_suggest(key, types_by_name)}"
             )
+        if is_dataclass(types_by_name[key]):  # a sub-table such as [parallelism.rollout]
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where} must be a table ([{table_name}.{key}]).")
+            _apply_table(getattr(obj, key), value, f"{table_name}.{key}", source)
+            continue
         value = _coerce(value, types_by_name[key], where)
         choices = meta[key].get("choices")
         if choices is not None and value not in choices:
@@ -127,8 +132,13 @@ def parse_overrides(args: list[str]) -> dict:
                 raise ConfigError(f"command-line option '{arg}' needs a value.")
             key, raw = arg[2:], args[i + 1]
             i += 2
-        section, _, name = key.partition(".")
-        out.setdefault(section, {})[name] = _parse_cli_value(raw)
+        *tables, name = key.split(".")
+        target = out
+        for table in tables:  # --parallelism.rollout.ranks=2 -> nested tables
+            target = target.setdefault(table, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"command-line option '--{key}' sets a table and a value.")
+        target[name] = _parse_cli_value(raw)
     return out
 
 
@@ -163,6 +173,8 @@ def validate(cfg: JobConfig) -> None:
         _check(getattr(p, key) >= 1, f"parallelism.{key}", "must be >= 1.")
     _check(p.dp_shard == -1 or p.dp_shard >= 1, "parallelism.dp_shard",
            "must be -1 (auto) or >= 1.")
+    _check(p.rollout.ranks >= 0, "parallelism.rollout.ranks", "must be >= 0 (0: colocated).")
+    _check(p.rollout.tp >= 1, "parallelism.rollout.tp", "must be >= 1.")
     _check(s.steps >= 0, "sft.steps", "must be >= 0.")
     _check(s.eval_problems >= 0, "sft.eval_problems", "must be >= 0 (0 disables).")
     task = cfg.task
@@ -232,11 +244,19 @@ def _toml_value(value) -> str:
     return repr(value)
 
 
+def _toml_table(name: str, values: dict) -> list[str]:
+    lines = [f"[{name}]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if not isinstance(v, dict)]
+    lines.append("")
+    for key, sub in values.items():
+        if isinstance(sub, dict):
+            lines += _toml_table(f"{name}.{key}", sub)
+    return lines
+
+
 def to_toml(cfg: JobConfig) -> str:
     lines = []
     for table, values in to_dict(cfg).items():
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
+        lines += _toml_table(table, values)
     return "\n".join(lines)
 

@@ -44,6 +44,15 @@ class Model:
 
 
 @dataclass
+class RolloutParallelism:
+    ranks: int = opt(
+        0, "Ranks of the separate rollout mesh (async RL), taken from the end of the world; "
+        "0 keeps rollouts colocated with the learner (synchronous RL)."
+    )
+    tp: int = opt(1, "Tensor-parallel degree of each rollout replica (dp = ranks / tp).")
+
+
+@dataclass
 class Parallelism:
     dp_replicate: int = opt(1, "Data-parallel replicas (HSDP outer axis); parameters replicated.")
     dp_shard: int = opt(
@@ -65,6 +74,10 @@ class Parallelism:
     )
     reduce_dtype: str = opt(
         "float32", "FSDP2 gradient reduce-scatter dtype.", choices=("float32", "bfloat16")
+    )
+    rollout: RolloutParallelism = field(
+        default_factory=RolloutParallelism,
+        metadata={"help": "The rollout mesh of async RL ([parallelism.rollout])."},
     )
 
 

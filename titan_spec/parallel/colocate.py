@@ -58,6 +58,16 @@ def _set_param(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
 
 
+def _swap_row_parallel(module: nn.Module, tp_group) -> None:
+    for block in module.layers.values():
+        for path in ROW_PARALLEL:
+            if not _has(block, path):
+                continue
+            owner_path, _, attr = path.rpartition(".")
+            owner = block.get_submodule(owner_path)
+            setattr(owner, attr, RowParallelLinear(getattr(owner, attr).weight, tp_group))
+
+
 def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None) -> nn.Module:
     """A plain module over `model`'s current (unsharded) parameters."""
     args = local_args(model.args, tp) if tp > 1 else model.args
@@ -69,16 +79,25 @@ def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None) -> nn.Modu
     view.tie_weights()
     view.rope_cos, view.rope_sin = model.rope_cos, model.rope_sin
     if tp > 1:
-        for block in view.layers.values():
-            for path in ROW_PARALLEL:
-                if not _has(block, path):
-                    continue
-                owner_path, _, attr = path.rpartition(".")
-                owner = block.get_submodule(owner_path)
-                setattr(owner, attr, RowParallelLinear(getattr(owner, attr).weight, tp_group))
+        _swap_row_parallel(view, tp_group)
     on_meta = [n for n, p in view.named_parameters() if p.is_meta]
     assert not on_meta, f"view parameters left on meta: {on_meta}"
     return view.eval()
+
+
+def build_rollout_model(builder, args, device, tp: int = 1, tp_group=None) -> nn.Module:
+    """An empty inference module in the rollout layout (whole, or this tp rank's slice with
+    the same local shapes as the colocated view); weight_sync fills it."""
+    with torch.device("meta"):
+        module = builder(local_args(args, tp) if tp > 1 else args)
+    module.to_empty(device=device)
+    module.tie_weights()
+    module.init_buffers(device)
+    if tp > 1:
+        _swap_row_parallel(module, tp_group)
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module.eval()
 
 
 def _has(module: nn.Module, path: str) -> bool:

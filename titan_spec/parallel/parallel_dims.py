@@ -11,6 +11,12 @@ import warnings
 from dataclasses import dataclass, field
 
 
+def _default_world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
@@ -51,6 +57,9 @@ class ParallelDims:
     tp: int
     ep: int
     world_size: int
+    # Async RL runs two meshes in one job: this one covers ranks [first_rank, first_rank +
+    # world_size) of the default group.
+    first_rank: int = 0
     _meshes: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -77,11 +86,33 @@ class ParallelDims:
 
         shape = (self.dp_replicate, self.dp_shard // self.ep, self.ep, self.tp)
         names = ("dp_replicate", "dp_shard_mod_ep", "ep", "tp")
-        world = init_device_mesh(device_type, shape, mesh_dim_names=names)
-        # Keep flattened meshes ourselves: slicing them back out of the root is deprecated.
+        if self.first_rank == 0 and self.world_size == _default_world_size():
+            world = init_device_mesh(device_type, shape, mesh_dim_names=names)
+            # Keep flattened meshes ourselves: slicing them back out of the root is deprecated.
+            self._meshes["world"] = world
+            self._meshes["dp_shard"] = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
+            self._meshes["dp"] = world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+        else:
+            self._build_sub_world_meshes(device_type, shape, names)
+
+    def _build_sub_world_meshes(self, device_type: str, shape, names) -> None:
+        """Meshes over a part of the job (async RL: learner and rollout meshes side by side).
+        Group creation is collective over the whole job, so every rank builds every root mesh,
+        members of this part or not; flattening a sliced mesh only works on its members, so the
+        flattened axes are root meshes of their own over the same ranks."""
+        import torch
+        from torch.distributed.device_mesh import DeviceMesh
+
+        ranks = torch.arange(self.first_rank, self.first_rank + self.world_size)
+        world = DeviceMesh(device_type, ranks.view(shape), mesh_dim_names=names)
+        flat = DeviceMesh(device_type, ranks.view(self.dp_replicate, self.dp_shard, self.tp),
+                          mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
+        data = DeviceMesh(device_type, ranks.view(self.dp, self.tp), mesh_dim_names=("dp", "tp"))
         self._meshes["world"] = world
-        self._meshes["dp_shard"] = world["dp_shard_mod_ep", "ep"]._flatten("dp_shard")
-        self._meshes["dp"] = world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
+        self._flat_root = flat
+        if self.contains(torch.distributed.get_rank()):
+            self._meshes["dp_shard"] = flat["dp_shard"]
+            self._meshes["dp"] = data["dp"]
 
     @property
     def world_mesh(self):
@@ -101,6 +132,8 @@ class ParallelDims:
 
     def fsdp_mesh(self):
         """Mesh over which dense parameters are sharded (2-D for HSDP)."""
+        if self.dp_replicate > 1 and getattr(self, "_flat_root", None) is not None:
+            return self._flat_root["dp_replicate", "dp_shard"]
         if self.dp_replicate > 1:
             return self.mesh("dp_replicate", "dp_shard")
         return self.mesh("dp_shard")
@@ -113,3 +146,6 @@ class ParallelDims:
 
     def dp_rank(self) -> int:
         return self.mesh("dp").get_local_rank()
+
+    def contains(self, rank: int) -> bool:
+        return self.first_rank <= rank < self.first_rank + self.world_size

@@ -1,0 +1,116 @@
+"""Learner -> rollout weight sync: after a sync the rollout side holds exactly the learner's
+full parameters (whole, or its tensor-parallel slice), for FSDP2 -> replicated, FSDP2 x TP ->
+TP and EP -> replicated experts; a corrupted bucket is detected and not applied."""
+
+import pytest
+import torch
+
+from tests.helpers import run_function
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
+
+
+def _dims(degrees: dict, world: int, first: int):
+    from titan_spec.parallel.parallel_dims import ParallelDims
+
+    dims = ParallelDims(degrees.get("dp_replicate", 1), degrees.get("dp_shard", -1),
+                        degrees.get("tp", 1), degrees.get("ep", 1), world, first_rank=first)
+    dims.build_meshes("cpu")
+    return dims
+
+
+def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, corrupt):
+    from titan_spec.config.schema import Parallelism
+    from titan_spec.models import build_model, get_model_spec
+    from titan_spec.parallel.colocate import build_rollout_model
+    from titan_spec.parallel.init import canonical_name, materialize_and_init
+    from titan_spec.parallel.weight_sync import WeightSync, WeightSyncError
+
+    rollout_ranks = list(range(learner_world, world_size))
+    learner_dims = _dims(learner_degrees, learner_world, 0)
+    rollout_dims = _dims({"dp_shard": -1, "tp": rollout_tp}, len(rollout_ranks), learner_world)
+    spec = get_model_spec("qwen3")
+    full = build_model("qwen3", flavor, seed=7)  # what the learner holds, whole
+    tp_rank = rollout_dims.mesh("tp").get_local_rank() if rank >= learner_world else 0
+    sync_cls = WeightSync
+    if corrupt:
+        class Corrupting(WeightSync):
+            def on_arrival(self, bucket, index):
+                if index == 1:
+                    bucket = bucket.clone()
+                    bucket[3] += 1e-3
+                return bucket
+        sync_cls = Corrupting
+    sync = sync_cls(0, rollout_ranks, bucket_bytes=64 << 10, rollout_tp=rollout_tp,
+                    rollout_tp_rank=tp_rank)
+    if rank < learner_world:
+        model = build_model("qwen3", flavor, device="meta")
+        spec.parallelize(model, learner_dims, Parallelism(**learner_degrees), "cpu")
+        materialize_and_init(model, torch.device("cpu"), seed=7)
+        report = sync.send(model, version=3)
+        return {"sent": report.bytes, "buckets": report.buckets}
+    group = rollout_dims.mesh("tp").get_group() if rollout_tp > 1 else None
+    rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group)
+    before = {canonical_name(n): p.clone() for n, p in rollout.named_parameters()}
+    shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
+    try:
+        report = sync.receive(rollout, shapes)
+    except WeightSyncError as err:
+        return {"error": str(err), "second_bucket_untouched": _untouched(rollout, before)}
+    expected = full.state_dict()
+    mismatched = []
+    for name, param in rollout.named_parameters():
+        name = canonical_name(name)
+        from titan_spec.parallel.weight_sync import tp_shard_dim
+
+        want = expected[name]
+        dim = tp_shard_dim(name) if rollout_tp > 1 else None
+        if dim is not None:
+            want = want.chunk(rollout_tp, dim=dim)[tp_rank]
+        if not torch.equal(param, want):
+            mismatched.append(name)
+    tokens = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        logit_gap = (rollout(tokens) - full(tokens)).abs().max().item()
+    return {"mismatched": mismatched, "version": report.version, "bytes": report.bytes,
+            "logit_gap": logit_gap}
+
+
+def _untouched(rollout, before):
+    from titan_spec.parallel.init import canonical_name
+
+    return [n for n, p in rollout.named_parameters() if torch.equal(p, before[canonical_name(n)])]
+
+
+def _run_on_last_rollout_rank(rank, world_size, *args):
+    result = _sync(rank, world_size, *args)
+    import torch.distributed as dist
+
+    # rank 0 reports: gather the last rank's view of the sync to it
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, result)
+    return gathered
+
+
+@pytest.mark.parametrize("flavor, learner, learner_world, world, rollout_tp", [
+    ("debug", {"dp_shard": 2}, 2, 4, 1),
+    ("debug", {"dp_shard": 2, "tp": 2}, 4, 6, 2),
+    ("debug_moe", {"dp_shard": 2, "ep": 2}, 2, 4, 1),
+], ids=["fsdp2->replicated", "fsdp2xtp->tp", "ep->replicated"])
+def test_rollout_holds_the_learner_weights(flavor, learner, learner_world, world, rollout_tp,
+                                          tmp_path):
+    results = run_function(world, _run_on_last_rollout_rank, tmp_path, flavor, learner,
+                           learner_world, rollout_tp, False)
+    assert results[0]["buckets"] > 1  # bucketed, not one message
+    for result in results[learner_world:]:
+        assert result["mismatched"] == []
+        assert result["version"] == 3 and result["bytes"] == results[0]["sent"]
+        assert result["logit_gap"] < 1e-5
+
+
+def test_corrupted_bucket_is_detected(tmp_path):
+    results = run_function(4, _run_on_last_rollout_rank, tmp_path, "debug", {"dp_shard": 2}, 2,
+                           1, True)
+    for result in results[2:]:
+        assert "bucket 1 (" in result["error"] and "checksum" in result["error"]
+        assert result["second_bucket_untouched"]  # the damaged bucket was not applied
