@@ -16,3 +16,24 @@ class Task(Protocol):
     def sample(self, rng: random.Random) -> Problem: ...
 
     def reward(self, problem: Problem, completion: str) -> float: ...
+
+
+class NumberListTask:
+    """Shared set-up of tasks over a random list of numbers (countdown, sorting)."""
+
+    name = "numbers"
+    fewest_items = 1  # the smallest list the task makes sense for
+
+    def __init__(self, min_items: int, max_items: int, max_number: int):
+        if not self.fewest_items <= min_items <= max_items:
+            raise ValueError(f"{self.name} needs {self.fewest_items} <= min_items ({min_items}) "
+                             f"<= max_items ({max_items}).")
+        self.min_items, self.max_items, self.max_number = min_items, max_items, max_number
+
+    @classmethod
+    def from_config(cls, cfg):
+        return cls(cfg.min_items, cfg.max_items)
+
+    def numbers(self, rng: random.Random, low: int) -> list[int]:
+        count = rng.randint(self.min_items, self.max_items)
+        return [rng.randint(low, self.max_number) for _ in range(count)]

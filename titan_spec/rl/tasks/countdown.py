@@ -12,7 +12,7 @@ import ast
 import random
 from collections import Counter
 
-from .base import Problem
+from .base import NumberListTask, Problem
 
 ANSWER_MARK = "#"
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b}
@@ -27,20 +27,14 @@ def _evaluate(node, used: list[int]) -> int:
     raise ValueError("not a + - * expression over integers")
 
 
-class CountdownTask:
-    def __init__(self, min_items: int = 3, max_items: int = 4, max_number: int = 12):
-        if not 2 <= min_items <= max_items:
-            raise ValueError(f"countdown needs 2 <= min_items ({min_items}) <= max_items "
-                             f"({max_items}).")
-        self.min_items, self.max_items, self.max_number = min_items, max_items, max_number
+class CountdownTask(NumberListTask):
+    name, fewest_items = "countdown", 2
 
-    @classmethod
-    def from_config(cls, cfg) -> "CountdownTask":
-        return cls(cfg.min_items, cfg.max_items)
+    def __init__(self, min_items: int = 3, max_items: int = 4, max_number: int = 12):
+        super().__init__(min_items, max_items, max_number)
 
     def sample(self, rng: random.Random) -> Problem:
-        numbers = [rng.randint(1, self.max_number)
-                   for _ in range(rng.randint(self.min_items, self.max_items))]
+        numbers = self.numbers(rng, low=1)
         order = rng.sample(numbers, len(numbers))
         value, expr, steps = order[0], str(order[0]), []
         for number in order[1:]:

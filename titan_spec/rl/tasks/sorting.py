@@ -8,25 +8,19 @@ from __future__ import annotations
 
 import random
 
-from .base import Problem
+from .base import NumberListTask, Problem
 
 ANSWER_MARK = "#"
 
 
-class SortingTask:
-    def __init__(self, min_items: int = 3, max_items: int = 4, max_number: int = 99):
-        if not 1 <= min_items <= max_items:
-            raise ValueError(f"sorting needs 1 <= min_items ({min_items}) <= max_items "
-                             f"({max_items}).")
-        self.min_items, self.max_items, self.max_number = min_items, max_items, max_number
+class SortingTask(NumberListTask):
+    name = "sorting"
 
-    @classmethod
-    def from_config(cls, cfg) -> "SortingTask":
-        return cls(cfg.min_items, cfg.max_items)
+    def __init__(self, min_items: int = 3, max_items: int = 4, max_number: int = 99):
+        super().__init__(min_items, max_items, max_number)
 
     def sample(self, rng: random.Random) -> Problem:
-        numbers = [rng.randint(0, self.max_number)
-                   for _ in range(rng.randint(self.min_items, self.max_items))]
+        numbers = self.numbers(rng, low=0)
         answer = ",".join(map(str, sorted(numbers)))
         return Problem(prompt="sort " + ",".join(map(str, numbers)) + ":",
                        solution=ANSWER_MARK + answer, answer=answer)
