@@ -23,6 +23,14 @@ if [ -z "${NPROC:-}" ]; then
     [ "$NPROC" -gt 0 ] || NPROC=2
 fi
 # Fail in a second, before any worker starts, when the config or layout cannot work.
-"$PYTHON" -m titan_spec.train --preflight --world-size "$NPROC" "$@"
+# A dry run (--job.dry_run=true) happens here too: exit 3 / 4 = planned, fits / does not fit.
+rc=0
+"$PYTHON" -m titan_spec.train --preflight --world-size "$NPROC" "$@" || rc=$?
+case "$rc" in
+    0) ;;
+    3) exit 0 ;;
+    4) exit 1 ;;
+    *) exit "$rc" ;;
+esac
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
     --no-python "$HERE/run_train.sh" "$@"

@@ -2,6 +2,9 @@
 
     python -m titan_spec.train --config debug_model.toml [--section.key=value ...]
     python -m titan_spec.train --config ... --preflight --world-size N   (checks only)
+
+With job.dry_run=true it prints the memory plan instead of training (dry_run.py); under
+--preflight it then exits 3 (fits) or 4 (does not fit) so that the launcher starts nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging(cfg.metrics.log_all_ranks)
         from titan_spec.trainer import Trainer, preflight
 
+        if cfg.job.dry_run:
+            from titan_spec import dry_run
+
+            world = dry_run.world_size_for(cfg, args.world_size)
+            preflight(cfg, world)
+            fits = dry_run.main(cfg, world) == 0
+            if args.preflight:
+                return 3 if fits else 4
+            return 0 if fits else 1
         if args.preflight:
             preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
             return 0

@@ -90,7 +90,9 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
     if cfg.parallelism.rollout.ranks:
         _preflight_rollout_mesh(cfg, world_size, args)
-    dims = ParallelDims.from_config(cfg.parallelism, world_size)
+        dims, _ = split_world(cfg.parallelism, world_size)
+    else:
+        dims = ParallelDims.from_config(cfg.parallelism, world_size)
     if dims.tp > 1:
         check_tp_divisibility(args, dims.tp)
     if dims.ep > 1 and (not args.is_moe or args.num_experts % dims.ep):
@@ -104,7 +106,7 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     if cfg.rl.steps:
         _preflight_rl(cfg, dims, args)
     per_step = dims.dp * cfg.training.grad_accum_steps
-    if cfg.training.global_batch_size % per_step:
+    if cfg.sft.steps and cfg.training.global_batch_size % per_step:
         raise ValueError(
             f"training.global_batch_size={cfg.training.global_batch_size} must be divisible by "
             f"data-parallel degree {dims.dp} x grad_accum_steps {cfg.training.grad_accum_steps}"
@@ -138,8 +140,17 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
     from titan_spec.parallel.tensor_parallel import check_tp_divisibility
 
     split_world(cfg.parallelism, world_size)
-    if cfg.parallelism.rollout.tp > 1:
-        check_tp_divisibility(args, cfg.parallelism.rollout.tp)
+    rollout = cfg.parallelism.rollout
+    if rollout.tp > 1:
+        check_tp_divisibility(args, rollout.tp)
+    if rollout.ep > 1 and (not args.is_moe or args.num_experts % rollout.ep):
+        raise ValueError(f"parallelism.rollout.ep={rollout.ep} needs an MoE flavor whose "
+                         f"num_experts it divides; {cfg.model.flavor} has {args.num_experts}.")
+    if rollout.ranks % (rollout.tp * rollout.ep) and rollout.ep > 1:
+        raise ValueError(f"parallelism.rollout.ranks={rollout.ranks} must be a multiple of "
+                         f"rollout tp x ep = {rollout.tp * rollout.ep}.")
+    if cfg.job.dry_run:
+        return
     raise ValueError(
         "parallelism.rollout.ranks > 0 asks for async RL on a separate rollout mesh; the split is "
         "valid, but the async driver is not built yet (its weight sync is: "
@@ -147,10 +158,12 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
 
 
 def _preflight_rl(cfg, dims, args) -> None:
-    rl = cfg.rl
-    if rl.prompts_per_step % dims.dp:
+    rl, rollout = cfg.rl, cfg.parallelism.rollout
+    generators = rollout.ranks // (rollout.tp * rollout.ep) if rollout.ranks else dims.dp
+    if rl.prompts_per_step % generators:
+        who = "rollout replicas" if rollout.ranks else "data-parallel ranks"
         raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
-                         f"{dims.dp} data-parallel ranks (each generates whole groups).")
+                         f"{generators} {who} (each generates whole groups).")
     local = rl.prompts_per_step // dims.dp * rl.group_size
     if local % rl.minibatches:
         raise ValueError(f"each rank's {local} samples (rl.prompts_per_step / dp x group_size) "

@@ -26,6 +26,14 @@ class Job:
     )
     seed: int = opt(0, "Seed for weight init, data order and sampling; same seed, same run.")
     description: str = opt("", "Free text, printed at start-up.")
+    dry_run: bool = opt(
+        False, "Plan only: build the model on the meta device, apply the parallel plans on a fake "
+        "process group of the full world size, print per-rank memory, write dry_run.json, exit."
+    )
+    world_size: int = opt(
+        0, "Ranks of the whole job for a dry run (0: the launcher's NPROC).")
+    device_memory_gib: float = opt(
+        141.0, "Memory of one accelerator (H200: 141), for the dry run's fits / does-not-fit.")
 
 
 @dataclass
@@ -50,6 +58,10 @@ class RolloutParallelism:
         "0 keeps rollouts colocated with the learner (synchronous RL)."
     )
     tp: int = opt(1, "Tensor-parallel degree of each rollout replica (dp = ranks / tp).")
+    ep: int = opt(
+        1, "Expert-parallel degree of each rollout replica for MoE (planned by the dry run; the "
+        "weight sync keeps experts whole so far)."
+    )
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""The 235B dry run: plans on a fake process group of 256 ranks, on CPU, in seconds; its
+numbers for one layer match an independent hand calculation."""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(300)
+
+# Qwen3-235B-A22B, from its config.json
+DIM, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, MOE_HIDDEN, LAYERS = 4096, 64, 4, 128, 128, 1536, 94
+
+
+def _rank0_rows(rows: int, shards: int) -> int:
+    """Rows FSDP2 gives rank 0 of a dim-0 split (torch.chunk: ceil-sized chunks)."""
+    return min(rows, math.ceil(rows / shards))
+
+
+def _hand_learner_layer0(dp_shard: int, ep: int) -> int:
+    attn = (_rank0_rows(HEADS * HEAD_DIM, dp_shard) * DIM  # wq
+            + 2 * _rank0_rows(KV_HEADS * HEAD_DIM, dp_shard) * DIM  # wk, wv
+            + _rank0_rows(DIM, dp_shard) * HEADS * HEAD_DIM  # wo
+            + 2 * _rank0_rows(HEAD_DIM, dp_shard))  # q/k norms
+    norms = 2 * _rank0_rows(DIM, dp_shard)
+    router = _rank0_rows(EXPERTS, dp_shard) * DIM
+    # experts: EP first (experts / ep), then FSDP over the ranks ep leaves (dp_shard / ep)
+    experts = 3 * _rank0_rows(EXPERTS // ep, dp_shard // ep) * DIM * MOE_HIDDEN
+    return attn + norms + router + experts
+
+
+def _hand_rollout_layer0(tp: int, ep: int) -> int:
+    attn = (HEADS * HEAD_DIM * DIM + 2 * KV_HEADS * HEAD_DIM * DIM + DIM * HEADS * HEAD_DIM) // tp
+    return attn + 2 * HEAD_DIM + 2 * DIM + EXPERTS * DIM + 3 * EXPERTS * DIM * MOE_HIDDEN // ep
+
+
+def test_235b_dry_run(tmp_path):
+    proc = subprocess.run(["./run_train.sh", "--config", "235b_moe_async.toml",
+                           "--job.dry_run=true", f"--job.dump_folder={tmp_path}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "dry run: qwen3/235B-A22B" in proc.stdout and " NO " not in proc.stdout
+    plan = json.loads((tmp_path / "dry_run.json").read_text())
+    learner, rollout = plan["rows"]
+    assert (learner["ranks"], rollout["ranks"]) == (192, 64)
+    layer0 = sum(n for name, n in plan["learner_local_numel"].items()
+                 if name.startswith("layers.0."))
+    assert layer0 == _hand_learner_layer0(dp_shard=192, ep=8)
+    assert rollout["layer0_numel"] == _hand_rollout_layer0(tp=4, ep=8)
+    # params / grads / optimizer are 4 / 4 / 8 bytes per local element
+    total = sum(plan["learner_local_numel"].values())
+    assert learner["params_gib"] == pytest.approx(total * 4 / 2**30)
+    assert learner["optimizer_gib"] == pytest.approx(total * 8 / 2**30)
+    kv = 2 * LAYERS * 64 * (512 + 8192) * (KV_HEADS // 4) * HEAD_DIM * 2
+    assert rollout["kv_cache_gib"] == pytest.approx(kv / 2**30)
+    assert all(row["fits"] for row in plan["rows"])
+
+
+def test_dry_run_reports_what_does_not_fit(tmp_path):
+    proc = subprocess.run(["./run_train.sh", "--config", "235b_moe_async.toml",
+                           "--job.dry_run=true", f"--job.dump_folder={tmp_path}",
+                           "--parallelism.rollout.ep=1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 1 and " NO " in proc.stdout
