@@ -151,10 +151,22 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
                          f"rollout tp x ep = {rollout.tp * rollout.ep}.")
     if cfg.job.dry_run:
         return
-    raise ValueError(
-        "parallelism.rollout.ranks > 0 asks for async RL on a separate rollout mesh; the split is "
-        "valid, but the async driver is not built yet (its weight sync is: "
-        "parallel/weight_sync.py). Use parallelism.rollout.ranks=0 (colocated, synchronous RL).")
+    limits = {
+        "parallelism.rollout.ep > 1 is planned by the dry run only; the weight sync keeps "
+        "experts whole on rollout ranks so far: set parallelism.rollout.ep=1.": rollout.ep > 1,
+        "async RL does not write checkpoints yet: set checkpoint.enable=false.":
+            cfg.checkpoint.enable,
+        "async RL needs rl.steps > 0 (the rollout ranks only serve RL).": cfg.rl.steps == 0,
+        "async RL does not load checkpoints yet: drop checkpoint.load_path.":
+            bool(cfg.checkpoint.load_path),
+        "async RL versions the policy once per step: set rl.minibatches=1.":
+            cfg.rl.minibatches != 1,
+        "drafter.adaptive needs rollout tp=1 (peers would choose different k).":
+            cfg.drafter.adaptive and rollout.tp > 1,
+    }
+    for message, broken in limits.items():
+        if broken:
+            raise ValueError(message)
 
 
 def _preflight_rl(cfg, dims, args) -> None:
@@ -164,6 +176,9 @@ def _preflight_rl(cfg, dims, args) -> None:
         who = "rollout replicas" if rollout.ranks else "data-parallel ranks"
         raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
                          f"{generators} {who} (each generates whole groups).")
+    if rollout.ranks and rl.prompts_per_step % dims.dp:
+        raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
+                         f"{dims.dp} learner data-parallel ranks (each trains on whole groups).")
     local = rl.prompts_per_step // dims.dp * rl.group_size
     if local % rl.minibatches:
         raise ValueError(f"each rank's {local} samples (rl.prompts_per_step / dp x group_size) "
@@ -190,16 +205,24 @@ class Trainer:
         self.cfg = cfg
         self.env = setup_distributed(cfg.training)
         self.dims = preflight(cfg, self.env.world_size)
-        if self.env.world_size > 1:
+        self.async_mode = cfg.parallelism.rollout.ranks > 0
+        self.learner_group = None  # None: the default group (synchronous: every rank learns)
+        if self.async_mode:
+            self._setup_async_meshes()
+        elif self.env.world_size > 1:
             self.dims.build_meshes(self.env.device.type)
+        self.is_learner = self.dims.contains(self.env.rank)
         self.is_main = self.env.rank == 0
         torch.manual_seed(cfg.job.seed)
         self.tokenizer = build_tokenizer(cfg.model.tokenizer)
+        self.task = task_from_config(cfg.task)
+        if not self.is_learner:
+            self._init_rollout_rank()
+            return
         self.model = self._build_model()
         self.optimizer = build_optimizer(self.model, cfg.optimizer)
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.sft.steps,
                                             cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)
-        self.task = task_from_config(cfg.task)
         self.drafter, self.online_drafter = self._build_drafter()
         # One adaptive-k policy for the whole run: its step-time measurements carry over.
         self._adaptive = AdaptiveK(cfg.drafter.num_draft_tokens) \
@@ -238,6 +261,34 @@ class Trainer:
             with open(os.path.join(cfg.job.dump_folder, "config.toml"), "w") as f:
                 f.write(to_toml(cfg))
 
+    def _setup_async_meshes(self) -> None:
+        """Every rank builds every mesh and group (creation is collective over the job)."""
+        from titan_spec.parallel.weight_sync import WeightSync
+
+        _, self.rollout_dims = split_world(self.cfg.parallelism, self.env.world_size)
+        device_type = self.env.device.type
+        self.dims.build_meshes(device_type)
+        self.rollout_dims.build_meshes(device_type)
+        self.learner_group = dist.new_group(list(range(self.dims.world_size)))
+        rollout_ranks = list(range(self.dims.world_size, self.env.world_size))
+        tp = self.cfg.parallelism.rollout.tp
+        on_rollout = self.rollout_dims.contains(self.env.rank)
+        tp_rank = self.rollout_dims.mesh("tp").get_local_rank() if on_rollout and tp > 1 else 0
+        self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank)
+        self.drafter_sync = WeightSync(0, rollout_ranks)  # drafters are held whole
+
+    def _init_rollout_rank(self) -> None:
+        from titan_spec.rl.async_rl import RolloutWorker
+
+        cfg = self.cfg
+        self.worker = RolloutWorker(self, self.rollout_dims, self.policy_sync, self.drafter_sync)
+        self.drafter, self.online_drafter = self._build_drafter(self.worker.model)
+        self._adaptive = AdaptiveK(cfg.drafter.num_draft_tokens) \
+            if cfg.drafter.adaptive and self.drafter is not None else None
+        self.step = 0
+        self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name, False,
+                                     resumed=False)
+
     def _build_model(self):
         cfg = self.cfg
         spec = get_model_spec(cfg.model.name)
@@ -254,8 +305,9 @@ class Trainer:
                  self.dims.dp_shard, self.dims.tp, self.dims.ep)
         return model
 
-    def _build_drafter(self):
-        """-> (drafter for the engine or None, OnlineDrafter or None)."""
+    def _build_drafter(self, target=None):
+        """-> (drafter for the engine or None, OnlineDrafter or None). target: the module the
+        drafter first serves (the learner; a rollout rank's own model in async mode)."""
         d = self.cfg.drafter
         if d.kind == "none" or d.num_draft_tokens == 0:
             return None, None
@@ -265,11 +317,14 @@ class Trainer:
             return build_drafter("ngram"), None
         from titan_spec.drafters.trainable import build_trainable_drafter
 
+        target = self.model if target is None else target
         trainable = build_trainable_drafter(
-            d.kind, self.model, self.cfg.model.name, seed=self.cfg.job.seed + 17,
+            d.kind, target, self.cfg.model.name, seed=self.cfg.job.seed + 17,
             device=self.env.device, draft_flavor=d.draft_flavor, draft_layers=d.draft_layers,
-            num_heads=d.num_heads)
-        dp_group = self.dims.mesh("dp").get_group() if self._dp_comm() else None
+            num_heads=d.num_heads, head_args=get_model_spec(self.cfg.model.name).args(
+                self.cfg.model.flavor, attention_fp64=self.cfg.model.attention_fp64))
+        dp_group = self.dims.mesh("dp").get_group() \
+            if self.is_learner and self._dp_comm() else None
         return trainable.drafter, OnlineDrafter(trainable, d, dp_group)
 
     def _load_drafter_init(self) -> bool:
@@ -353,7 +408,8 @@ class Trainer:
         self.model.eval()
         max_new = self.cfg.training.seq_len - max(map(len, prompts))
         outputs = greedy_decode(self.model, prompts, max_new, tok.eos_id, tok.pad_id,
-                                self.env.device, tok.vocab_size, self.dims.tp)
+                                self.env.device, tok.vocab_size, self.dims.tp,
+                                group=self.learner_group)
         correct = sum(self.task.reward(problem, tok.decode(ids))
                       for problem, ids in zip(mine, outputs, strict=True))
         total = self._all_reduce_dp(torch.tensor([correct, len(mine)], dtype=torch.float64,
@@ -377,6 +433,9 @@ class Trainer:
     def train(self) -> None:
         sft_steps, rl_cfg = self.cfg.sft.steps, self.cfg.rl
         total = sft_steps + rl_cfg.steps
+        if not self.is_learner:
+            self.worker.run(sft_steps + 1, total)
+            return
         if self.step >= total:
             log.warning("checkpoint is already at step %d >= sft.steps + rl.steps = %d: nothing "
                         "to train. Use a new job.dump_folder or --checkpoint.resume=false to "
@@ -405,9 +464,11 @@ class Trainer:
             before = previous if fresh else self.evaluate(count)
             if not fresh:
                 self.metrics.log(before)
+        if self.async_mode:
+            self._send_weights(version=0)
         while self.step < total:
             self.step += 1
-            record = self.rl_step(self.step)
+            record = self.rl_step_async(self.step) if self.async_mode else self.rl_step(self.step)
             self.rl_records.append(record)
             self.metrics.log(record)
             self._maybe_save(total)
@@ -430,9 +491,9 @@ class Trainer:
                 trainable.distill(view, self.task, self.tokenizer, steps, lr=self.cfg.drafter.lr,
                                   seed=self.cfg.job.seed, seq_len=self.cfg.training.seq_len,
                                   log=log.info if self.is_main else None)
-            if self.env.world_size > 1:  # every replica starts from rank 0's drafter
+            if self.dims.world_size > 1:  # every learner replica starts from rank 0's drafter
                 for param in trainable.module.parameters():
-                    dist.broadcast(param.data, src=0)
+                    dist.broadcast(param.data, src=0, group=self.learner_group)
         self.drafter_warm = True
         self.metrics.log({"step": self.step, "phase": "drafter_warmup", "steps": steps,
                           "kind": trainable.kind, "time_s": time.perf_counter() - start})
@@ -443,25 +504,30 @@ class Trainer:
     def _builder(self):
         return get_model_spec(self.cfg.model.name).builder
 
-    def _rl_prompts(self, step: int):
-        """This rank's share of the step's prompts, each repeated group_size times."""
+    def _rl_prompts(self, step: int, shard: int | None = None, shards: int | None = None):
+        """A share of the step's prompts (this data-parallel rank's by default), each repeated
+        group_size times."""
         rl = self.cfg.rl
         rng = random.Random(f"rl:{self.cfg.job.seed}:{step}")
         problems = [self.task.sample(rng) for _ in range(rl.prompts_per_step)]
-        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
-        per_rank = rl.prompts_per_step // self.dims.dp
-        first = dp_rank * per_rank
+        if shard is None:
+            shard, shards = self._dp_rank(), self.dims.dp
+        per_rank = rl.prompts_per_step // shards
+        first = shard * per_rank
         mine = problems[first:first + per_rank]
         samples = [(first + i, problem) for i, problem in enumerate(mine)
                    for _ in range(rl.group_size)]
         prompts = [encode_prompt(self.tokenizer, problem.prompt) for _, problem in samples]
         return prompts, [problem for _, problem in samples], [gid for gid, _ in samples]
 
-    def _sampling_params(self, step: int) -> SamplingParams:
+    def _dp_rank(self) -> int:
+        return self.dims.dp_rank() if self.env.world_size > 1 else 0
+
+    def _sampling_params(self, step: int, shard: int | None = None) -> SamplingParams:
         r = self.cfg.rollout
-        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
-        # Tensor-parallel peers share a dp rank, hence the seed: they must decode in lockstep.
-        seed = (self.cfg.job.seed * 1_000_003 + step) * 1009 + dp_rank
+        shard = self._dp_rank() if shard is None else shard
+        # Tensor-parallel peers share a shard, hence the seed: they must decode in lockstep.
+        seed = (self.cfg.job.seed * 1_000_003 + step) * 1009 + shard
         return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               max_new_tokens=r.max_new_tokens,
                               stop_token_ids=(self.tokenizer.eos_id,), seed=seed)
@@ -539,7 +605,8 @@ class Trainer:
                 logprobs = token_logprobs(logits, micro.targets, params, vocab)
                 loss, metrics = loss_fn(logprobs, micro.old_logprobs, micro.advantages,
                                         micro.mask, counts[index].float(), rl.clip_low,
-                                        rl.clip_high, micro.ref_logprobs, rl.kl_coef)
+                                        rl.clip_high, micro.ref_logprobs, rl.kl_coef,
+                                        micro.is_weights)
                 aux = self.model.aux_loss()
                 if aux is not None:
                     loss = loss + aux / (accum * self.dims.dp * len(parts))
@@ -590,6 +657,121 @@ class Trainer:
                       time_reshard_s=time_reshard, step_time_s=time.perf_counter() - start,
                       memory_gib=memory_gib(self.env.device))
         return record
+
+    # ------------------------------------------------------------------ async RL (learner)
+    def _send_weights(self, version: int) -> dict:
+        """Broadcast policy (and drafter) version `version` to the rollout mesh, if a batch
+        still needs it (rl/async_rl.py schedule)."""
+        from titan_spec.rl.async_rl import last_version_sent
+
+        if version > last_version_sent(self.cfg.rl.steps, self.cfg.rl.max_policy_lag):
+            return {}
+        report = self.policy_sync.send(self.model, version)
+        sent, seconds = report.bytes, report.seconds
+        if self.online_drafter is not None:
+            drafter = self.drafter_sync.send(self.online_drafter.trainable.module,
+                                             self.online_drafter.version)
+            sent, seconds = sent + drafter.bytes, seconds + drafter.seconds
+        return {"weight_sync_bytes": sent, "time_weight_sync_s": seconds}
+
+    def _receive_rollouts(self) -> list:
+        """Learner rank 0 takes one message per rollout replica; every learner rank gets all."""
+        from titan_spec.rl.async_rl import recv_object
+
+        messages = [None]
+        if self.env.rank == 0:
+            tp, first = self.cfg.parallelism.rollout.tp, self.dims.world_size
+            messages = [[recv_object(first + replica * tp)
+                         for replica in range(self.rollout_dims.dp)]]
+        if self.dims.world_size > 1:
+            dist.broadcast_object_list(messages, src=0, group=self.learner_group)
+        return messages[0]
+
+    def rl_step_async(self, step: int) -> dict:
+        from titan_spec.rl.async_rl import truncated_is_weights
+        from titan_spec.rollout.engine import Completion
+
+        start = time.perf_counter()
+        messages = self._receive_rollouts()
+        waited = time.perf_counter() - start
+        rl = self.cfg.rl
+        fields = ("prompts", "token_ids", "logprobs", "rewards", "group_ids")
+        merged = {key: [x for m in messages for x in getattr(m, key)] for key in fields}
+        versions = [m.policy_version for m in messages for _ in m.prompts]
+        per_rank = len(merged["prompts"]) // self.dims.dp
+        mine = slice(self._dp_rank() * per_rank, (self._dp_rank() + 1) * per_rank)
+        completions = [Completion(ids, lps) for ids, lps in
+                       zip(merged["token_ids"][mine], merged["logprobs"][mine], strict=True)]
+        prompts, device = merged["prompts"][mine], self.env.device
+        inputs, targets, mask, behaviour = assemble(prompts, completions,
+                                                    self.tokenizer.pad_id, device)
+        rewards = torch.tensor(merged["rewards"][mine])
+        lags = self.policy_version - torch.tensor(versions[mine])
+        assert int(lags.max()) <= rl.max_policy_lag, "the schedule bounds the lag"
+        batch = RolloutBatch(inputs, targets, mask, behaviour, rewards.to(device),
+                             group_advantages(rewards, rl.group_size, rl.normalize_std).to(device),
+                             torch.tensor(versions[mine]),
+                             torch.tensor([m.drafter_version for m in messages
+                                           for _ in m.prompts][mine]))
+        params = self._sampling_params(step)
+        global_tokens = float(self._all_reduce_dp(batch.mask.sum().double()))
+        t1 = time.perf_counter()
+        with colocated_policy(self.model, self._dims_or_none(), self._builder()) as view:
+            extra = self._recompute(view, batch, params, max(global_tokens, 1.0))
+        time_logprob = time.perf_counter() - t1 - extra["time_drafter_s"]
+        batch.is_weights = truncated_is_weights(batch.old_logprobs, batch.behaviour_logprobs,
+                                                lags, batch.mask, rl.is_cap)
+        t2 = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        trained = self._train_policy(batch, params)
+        time_train = time.perf_counter() - t2
+        synced = self._send_weights(self.policy_version)
+        record = {"step": step, "phase": "rl", "lr": lr, **trained, **extra, **synced}
+        record.update(self._async_metrics(batch, messages, lags))
+        record.update(time_waiting_for_rollout_s=waited, time_logprob_s=time_logprob,
+                      time_train_s=time_train, step_time_s=time.perf_counter() - start,
+                      memory_gib=memory_gib(self.env.device))
+        return record
+
+    def _async_metrics(self, batch: RolloutBatch, messages, lags) -> dict:
+        on_policy = (lags == 0).to(batch.mask.device).unsqueeze(1) * batch.mask
+        gap_sum, gap_max, gap_n = logprob_mismatch(batch.behaviour_logprobs, batch.old_logprobs,
+                                                   on_policy)
+        weights = batch.is_weights[batch.mask > 0]
+        local = torch.tensor([float(lags.sum()), lags.numel(), float(weights.sum()),
+                              weights.numel(), float(gap_sum), float(gap_n)],
+                             dtype=torch.float64, device=self.env.device)
+        sums = self._all_reduce_dp(local).tolist()
+        maxima = self._all_reduce_dp(torch.tensor(
+            [float(lags.max()), float(weights.max()) if weights.numel() else 0.0,
+             float(gap_max)], dtype=torch.float64, device=self.env.device),
+            op=dist.ReduceOp.MAX).tolist()
+        stats = [m.stats for m in messages]
+        k = len(stats[0]["drafted_per_position"])
+        accepted = [sum(s["accepted_per_position"][i] for s in stats) for i in range(k)]
+        drafted = [sum(s["drafted_per_position"][i] for s in stats) for i in range(k)]
+        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
+        tokens = sum(s["tokens"] for s in stats)
+        rewards = [r for m in messages for r in m.rewards]
+        lengths = [len(ids) for m in messages for ids in m.token_ids]
+        collapsed = self.drafter is not None and self.is_main and check_acceptance(
+            rates, self.cfg.drafter.collapse_threshold, self.cfg.drafter.kind)
+        return {
+            "reward_mean": sum(rewards) / len(rewards),
+            "accuracy": sum(r >= 1 for r in rewards) / len(rewards),
+            "response_len_mean": sum(lengths) / len(lengths),
+            "time_rollout_s": max(s["time_generate_s"] for s in stats),
+            "rollout_tokens_per_s": tokens / max(max(s["time_s"] for s in stats), 1e-9),
+            "acceptance_length": tokens / max(sum(s["sequence_steps"] for s in stats), 1),
+            "acceptance_rate_per_position": rates,
+            "policy_lag_mean": sums[0] / max(sums[1], 1), "policy_lag_max": int(maxima[0]),
+            "is_weight_mean": sums[2] / max(sums[3], 1), "is_weight_max": maxima[1],
+            "logprob_mismatch_max": maxima[2], "logprob_mismatch_mean": sums[4] / max(sums[5], 1),
+            "queue_depth": max(s.get("queue_depth", 0) for s in stats),
+            "policy_version": int(batch.policy_versions.max()),
+            "drafter_version": int(batch.drafter_versions.max()),
+            "drafter_collapsed": bool(collapsed),
+        }
 
     def _rollout_metrics(self, batch: RolloutBatch, completions, stats, time_rollout) -> dict:
         """Global (all data-parallel ranks) rollout statistics of this step."""

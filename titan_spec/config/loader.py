@@ -215,6 +215,8 @@ def _validate_rl(cfg: JobConfig) -> None:
     _check(r.kl_coef >= 0, "rl.kl_coef", "must be >= 0.")
     _check(r.minibatches >= 1, "rl.minibatches", "must be >= 1.")
     _check(r.eval_problems >= 0, "rl.eval_problems", "must be >= 0 (0 disables).")
+    _check(r.max_policy_lag >= 0, "rl.max_policy_lag", "must be >= 0.")
+    _check(r.is_cap >= 1, "rl.is_cap", "must be >= 1 (weights above it are truncated).")
     _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1.")
     _check(ro.temperature >= 0, "rollout.temperature", "must be >= 0 (0 is greedy).")
     _check(0 < ro.top_p <= 1, "rollout.top_p", "must be in (0, 1].")

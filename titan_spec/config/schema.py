@@ -170,6 +170,14 @@ class RL:
         1, "Optimizer steps per rollout batch (PPO minibatches); 1 is on-policy.")
     eval_problems: int = opt(
         64, "Held-out problems solved greedily before and after RL (phase 'eval'); 0 disables.")
+    max_policy_lag: int = opt(
+        1, "Async RL: batch s is generated with policy version s - 1 - max_policy_lag, so the "
+        "learner trains on samples at most this many versions old (0: no overlap)."
+    )
+    is_cap: float = opt(
+        2.0, "Async RL: truncation of the per-token importance weight pi_learner / "
+        "pi_behaviour for lagged samples (truncated IS)."
+    )
 
 
 @dataclass

@@ -48,8 +48,9 @@ class TrainableDrafter:
 
 def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, seed: int = 0,
                             device="cpu", draft_flavor: str = "debug", draft_layers: int = 1,
-                            num_heads: int = 2) -> TrainableDrafter:
-    """target: the policy (its args shape the heads). Parameters are plain and replicated."""
+                            num_heads: int = 2, head_args=None) -> TrainableDrafter:
+    """target: the policy (its args shape the heads unless head_args gives the full shapes,
+    e.g. for a tensor-parallel target). Parameters are plain and replicated."""
     from titan_spec.models import build_model
     from titan_spec.models.heads import build_draft_head
 
@@ -65,6 +66,7 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
                              f"({target.args.vocab_size}); pick a flavor with the same one.")
         return TrainableDrafter(kind, model, build_drafter("draft_model", model=model))
     count = 1 if kind == "eagle" else num_heads
-    heads = nn.ModuleList(build_draft_head(target.args, seed + i, device) for i in range(count))
+    shapes = head_args if head_args is not None else target.args
+    heads = nn.ModuleList(build_draft_head(shapes, seed + i, device) for i in range(count))
     parts = {"head": heads[0]} if kind == "eagle" else {"heads": list(heads)}
     return TrainableDrafter(kind, heads, build_drafter(kind, target=target, **parts))

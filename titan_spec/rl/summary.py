@@ -12,8 +12,12 @@ def summary_table(records: list[dict], eval_before: dict | None, eval_after: dic
     if not records:
         return "no RL steps were run"
     head, tail = records[: min(5, len(records))], records[-min(5, len(records)):]
+    # Async steps wait for rollouts generated elsewhere; that wait is their rollout time.
+    wait_key = "time_waiting_for_rollout_s" if "time_waiting_for_rollout_s" in records[0] \
+        else "time_rollout_s"
     times = {key: sum(r[key] for r in records)
-             for key in ("time_rollout_s", "time_logprob_s", "time_train_s", "step_time_s")}
+             for key in ("time_logprob_s", "time_train_s", "step_time_s")}
+    times["time_rollout_s"] = sum(r[wait_key] for r in records)
     other = times["step_time_s"] - times["time_rollout_s"] - times["time_logprob_s"] \
         - times["time_train_s"]
     total = max(times["step_time_s"], 1e-9)
@@ -36,7 +40,8 @@ def summary_table(records: list[dict], eval_before: dict | None, eval_after: dic
          f"{records[-1]['policy_version']} / {records[-1]['drafter_version']}"),
         ("step time total", f"{total:.1f} s"),
     ]
-    for label, key in (("rollout", "time_rollout_s"), ("logprob", "time_logprob_s"),
+    rollout_label = "waiting for rollout" if wait_key != "time_rollout_s" else "rollout"
+    for label, key in ((rollout_label, "time_rollout_s"), ("logprob", "time_logprob_s"),
                        ("train", "time_train_s")):
         rows.append((f"  {label}", f"{times[key]:.1f} s ({100 * times[key] / total:.0f}%)"))
     rows.append(("  other (drafter update, rewards, sync)",

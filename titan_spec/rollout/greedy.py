@@ -11,15 +11,15 @@ from .kv_cache import KVCache
 
 @torch.no_grad()
 def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
-                  device, vocab_size: int, tp_degree: int = 1) -> list[list[int]]:
+                  device, vocab_size: int, tp_degree: int = 1, group=None) -> list[list[int]]:
     """Left-aligned prompts of any lengths -> generated ids (without the prompt, up to eos).
     Only the tokenizer's `vocab_size` ids are candidates: the model's padded rows never are."""
     batch = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     # Ranks hold different prompts but must run the same number of forwards (each one is a
     # collective under FSDP2 / TP): agree on the prefill length and the loop bound.
-    start = _agree(int(lengths.min()), dist.ReduceOp.MIN, device)
-    longest = _agree(int(lengths.max()), dist.ReduceOp.MAX, device)
+    start = _agree(int(lengths.min()), dist.ReduceOp.MIN, device, group)
+    longest = _agree(int(lengths.max()), dist.ReduceOp.MAX, device, group)
     max_len = longest + max_new_tokens
     tokens = torch.full((batch, max_len), pad_id, dtype=torch.long, device=device)
     for row, prompt in enumerate(prompts):
@@ -38,7 +38,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
         next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
         tokens[:, pos] = next_ids
         finished |= ~in_prompt & ((next_ids == eos_id) | (pos + 1 - lengths >= max_new_tokens))
-        if _all_done(finished) or pos == max_len - 1:
+        if _all_done(finished, group) or pos == max_len - 1:
             break
         logits = model(next_ids[:, None], torch.full((batch, 1), pos, device=device),
                        kv_cache=cache)[:, -1]
@@ -49,16 +49,16 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     return out
 
 
-def _agree(value: int, op, device) -> int:
+def _agree(value: int, op, device, group=None) -> int:
     if not dist.is_initialized():
         return value
     tensor = torch.tensor(value, device=device)
-    dist.all_reduce(tensor, op=op)
+    dist.all_reduce(tensor, op=op, group=group)
     return int(tensor)
 
 
-def _all_done(finished: torch.Tensor) -> bool:
+def _all_done(finished: torch.Tensor, group=None) -> bool:
     done = finished.all().to(torch.int32)
     if dist.is_initialized():
-        dist.all_reduce(done, op=dist.ReduceOp.MIN)
+        dist.all_reduce(done, op=dist.ReduceOp.MIN, group=group)
     return bool(done)

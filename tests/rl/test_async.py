@@ -1,0 +1,104 @@
+"""Async RL: the 4-rank MoE config end to end, the lag bound under slow learner / slow rollout
+workers, and the importance weights (lag 0 is exactly the synchronous loss)."""
+
+import pytest
+import torch
+
+from tests.helpers import read_metrics, run_function
+from titan_spec.rl.async_rl import last_version_sent, truncated_is_weights, weights_needed
+from titan_spec.rl.losses import grpo_loss
+
+ASYNC_FAST = [
+    "--sft.steps=2", "--sft.eval_problems=0", "--rl.steps=4", "--rl.prompts_per_step=4",
+    "--rl.group_size=2", "--rl.eval_problems=0", "--rollout.max_new_tokens=12",
+    "--rollout.max_batch_size=4", "--drafter.warmup_steps=2", "--training.seq_len=64",
+    "--task.max_digits=2", "--metrics.enable_tensorboard=false",
+]
+
+
+def _train(rank, world_size, config, overrides, slow_learner_s=0.0, slow_rollout_s=0.0):
+    import time
+
+    from titan_spec.config import load_config
+    from titan_spec.rl.async_rl import RolloutWorker
+    from titan_spec.trainer import Trainer
+
+    if slow_rollout_s:
+        generate = RolloutWorker.generate
+
+        def slow_generate(self, step):
+            time.sleep(slow_rollout_s)
+            return generate(self, step)
+        RolloutWorker.generate = slow_generate
+    if slow_learner_s:
+        train_policy = Trainer._train_policy
+
+        def slow(self, *args):
+            time.sleep(slow_learner_s)
+            return train_policy(self, *args)
+        Trainer._train_policy = slow
+    trainer = Trainer(load_config(config, ASYNC_FAST + list(overrides)))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return True
+
+
+def _rl(folder):
+    return [r for r in read_metrics(folder) if r["phase"] == "rl"]
+
+
+def test_schedule():
+    assert [weights_needed(s, 1) for s in range(1, 6)] == [0, 0, 1, 2, 3]
+    assert [weights_needed(s, 0) for s in range(1, 4)] == [0, 1, 2]
+    assert last_version_sent(5, 1) == 3 and last_version_sent(5, 0) == 4
+
+
+def test_is_weights_lag_zero_is_the_synchronous_loss():
+    torch.manual_seed(0)
+    logprobs = torch.randn(3, 4, requires_grad=True)
+    old = logprobs.detach() + 0.01 * torch.randn(3, 4)
+    behaviour = old + 0.05 * torch.randn(3, 4)
+    mask = torch.ones(3, 4)
+    adv = torch.tensor([1.0, -0.5, 0.2])
+    weights = truncated_is_weights(old, behaviour, torch.zeros(3, dtype=torch.long), mask, 2.0)
+    assert torch.equal(weights, mask)
+    synchronous, _ = grpo_loss(logprobs, old, adv, mask, torch.tensor(12.0), 0.2, 0.28)
+    corrected, _ = grpo_loss(logprobs, old, adv, mask, torch.tensor(12.0), 0.2, 0.28,
+                             is_weights=weights)
+    assert torch.equal(synchronous, corrected)
+    lagged = truncated_is_weights(old, behaviour, torch.tensor([0, 1, 2]), mask, 1.02)
+    assert torch.equal(lagged[0], mask[0])
+    assert torch.allclose(lagged[1:], (old - behaviour).exp()[1:].clamp(max=1.02))
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_async_moe_config_runs_on_four_ranks(tmp_path):
+    run_function(4, _train, tmp_path, "debug_moe_async.toml",
+                 [f"--job.dump_folder={tmp_path}", "--rl.steps=3"])
+    records = _rl(tmp_path)
+    assert [r["step"] for r in records] == [3, 4, 5]
+    for key in ("policy_lag_mean", "policy_lag_max", "is_weight_mean", "is_weight_max",
+                "time_waiting_for_rollout_s", "queue_depth", "acceptance_length",
+                "drafter_version", "weight_sync_bytes"):
+        assert key in records[0], key
+    assert [r["policy_lag_max"] for r in records] == [0, 1, 1]
+    assert [r["policy_version"] for r in records] == [0, 0, 1]
+    assert records[0]["is_weight_max"] == 1.0  # on-policy: exactly the synchronous loss
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("slow", ["learner", "rollout"])
+def test_lag_bound_under_slow_side(slow, tmp_path):
+    slow_learner, slow_rollout = (0.4, 0.0) if slow == "learner" else (0.0, 0.4)
+    run_function(2, _train, tmp_path, "debug_model.toml",
+                 [f"--job.dump_folder={tmp_path}", "--parallelism.rollout.ranks=1",
+                  "--checkpoint.enable=false", "--rl.max_policy_lag=2"],
+                 slow_learner, slow_rollout)
+    records = _rl(tmp_path)
+    assert [r["policy_lag_max"] for r in records] == [0, 1, 2, 2]
+    if slow == "rollout":  # batch 1 starts only once version 0 has arrived
+        assert records[0]["time_waiting_for_rollout_s"] >= 0.4
