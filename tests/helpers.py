@@ -115,3 +115,16 @@ def run_function(world_size: int, fn, tmp_path: Path, *args):
     mp.start_processes(_function_worker, args=(world_size, free_port(), fn, args, out_file),
                        nprocs=world_size, join=True, start_method="spawn")
     return torch.load(out_file, weights_only=False)
+
+
+def train_job(config: str, overrides: list[str]) -> bool:
+    """The whole job (SFT, drafter warm-up, RL) in this process, as run_train.sh would."""
+    from titan_spec.config import load_config
+    from titan_spec.trainer import Trainer
+
+    trainer = Trainer(load_config(config, list(overrides)))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    return True

@@ -4,7 +4,7 @@ workers, and the importance weights (lag 0 is exactly the synchronous loss)."""
 import pytest
 import torch
 
-from tests.helpers import read_metrics, run_function
+from tests.helpers import read_metrics, run_function, train_job
 from titan_spec.rl.async_rl import last_version_sent, truncated_is_weights, weights_needed
 from titan_spec.rl.losses import grpo_loss
 
@@ -19,7 +19,6 @@ ASYNC_FAST = [
 def _train(rank, world_size, config, overrides, slow_learner_s=0.0, slow_rollout_s=0.0):
     import time
 
-    from titan_spec.config import load_config
     from titan_spec.rl.async_rl import RolloutWorker
     from titan_spec.trainer import Trainer
 
@@ -37,12 +36,7 @@ def _train(rank, world_size, config, overrides, slow_learner_s=0.0, slow_rollout
             time.sleep(slow_learner_s)
             return train_policy(self, *args)
         Trainer._train_policy = slow
-    trainer = Trainer(load_config(config, ASYNC_FAST + list(overrides)))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return True
+    return train_job(config, ASYNC_FAST + list(overrides))
 
 
 def _rl(folder):

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from tests.helpers import read_metrics, run_function
+from tests.helpers import read_metrics, run_function, train_job
 
 RL_FAST = [
     "--sft.steps=3", "--sft.eval_problems=0", "--rl.steps=2", "--rl.prompts_per_step=4",
@@ -20,15 +20,7 @@ PER_STEP = ["reward_mean", "accuracy", "response_len_mean", "rollout_tokens_per_
 
 
 def _train(rank, world_size, overrides):
-    from titan_spec.config import load_config
-    from titan_spec.trainer import Trainer
-
-    trainer = Trainer(load_config("debug_model.toml", RL_FAST + list(overrides)))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-    return True
+    return train_job("debug_model.toml", RL_FAST + list(overrides))
 
 
 def _rl_records(folder):
