@@ -89,8 +89,7 @@ def preflight(cfg, world_size: int) -> ParallelDims:
 
     args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
     if cfg.parallelism.rollout.ranks:
-        _preflight_rollout_mesh(cfg, world_size, args)
-        dims, _ = split_world(cfg.parallelism, world_size)
+        dims = _preflight_rollout_mesh(cfg, world_size, args)
     else:
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
     if dims.tp > 1:
@@ -136,10 +135,11 @@ def split_world(parallelism, world_size: int) -> tuple[ParallelDims, ParallelDim
     return learner, rollout_dims
 
 
-def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
+def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
+    """Checks of the async layout -> the learner's dims."""
     from titan_spec.parallel.tensor_parallel import check_tp_divisibility
 
-    split_world(cfg.parallelism, world_size)
+    learner, _ = split_world(cfg.parallelism, world_size)
     rollout = cfg.parallelism.rollout
     if rollout.tp > 1:
         check_tp_divisibility(args, rollout.tp)
@@ -150,7 +150,7 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
         raise ValueError(f"parallelism.rollout.ranks={rollout.ranks} must be a multiple of "
                          f"rollout tp x ep = {rollout.tp * rollout.ep}.")
     if cfg.job.dry_run:
-        return
+        return learner
     limits = {
         "parallelism.rollout.ep > 1 is planned by the dry run only; the weight sync keeps "
         "experts whole on rollout ranks so far: set parallelism.rollout.ep=1.": rollout.ep > 1,
@@ -167,6 +167,7 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> None:
     for message, broken in limits.items():
         if broken:
             raise ValueError(message)
+    return learner
 
 
 def _preflight_rl(cfg, dims, args) -> None:
@@ -224,9 +225,7 @@ class Trainer:
         self.scheduler = build_lr_scheduler(self.optimizer, cfg.lr_scheduler, cfg.sft.steps,
                                             cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)
         self.drafter, self.online_drafter = self._build_drafter()
-        # One adaptive-k policy for the whole run: its step-time measurements carry over.
-        self._adaptive = AdaptiveK(cfg.drafter.num_draft_tokens) \
-            if cfg.drafter.adaptive and self.drafter is not None else None
+        self._adaptive = self._adaptive_policy()
         self.policy_version = 0  # optimizer updates of the RL phase
         self.drafter_warm = self._load_drafter_init()
         self.reference = None  # frozen policy for the KL term (rl.kl_coef > 0)
@@ -283,8 +282,7 @@ class Trainer:
         cfg = self.cfg
         self.worker = RolloutWorker(self, self.rollout_dims, self.policy_sync, self.drafter_sync)
         self.drafter, self.online_drafter = self._build_drafter(self.worker.model)
-        self._adaptive = AdaptiveK(cfg.drafter.num_draft_tokens) \
-            if cfg.drafter.adaptive and self.drafter is not None else None
+        self._adaptive = self._adaptive_policy()
         self.step = 0
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name, False,
                                      resumed=False)
@@ -327,6 +325,11 @@ class Trainer:
             if self.is_learner and self._dp_comm() else None
         return trainable.drafter, OnlineDrafter(trainable, d, dp_group)
 
+    def _adaptive_policy(self) -> AdaptiveK | None:
+        """One adaptive-k policy for the whole run: its step-time measurements carry over."""
+        d = self.cfg.drafter
+        return AdaptiveK(d.num_draft_tokens) if d.adaptive and self.drafter is not None else None
+
     def _load_drafter_init(self) -> bool:
         path = self.cfg.drafter.init_from
         if not path:
@@ -354,7 +357,7 @@ class Trainer:
 
     def _local_batch(self, step: int):
         batch = self.data.global_batch(step)
-        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
+        dp_rank = self._dp_rank()
         per_rank = self.cfg.training.global_batch_size // self.dims.dp
         return batch, batch.slice(dp_rank * per_rank, (dp_rank + 1) * per_rank)
 
@@ -401,8 +404,7 @@ class Trainer:
         data); each data-parallel rank solves its share."""
         rng = random.Random(f"eval:{self.cfg.job.seed}")
         problems = [self.task.sample(rng) for _ in range(count)]
-        dp_rank = self.dims.dp_rank() if self.env.world_size > 1 else 0
-        mine = problems[dp_rank::self.dims.dp]
+        mine = problems[self._dp_rank()::self.dims.dp]
         tok = self.tokenizer
         prompts = [encode_prompt(tok, p.prompt) for p in mine]
         self.model.eval()
@@ -541,21 +543,23 @@ class Trainer:
                              max_batch_size=r.max_batch_size, max_seq_len=max_len,
                              vocab_size=self.tokenizer.vocab_size, adaptive=self._adaptive)
 
-    def _rollout_batch(self, prompts, problems, completions) -> RolloutBatch:
+    def _rewards(self, problems, completions) -> list[float]:
+        return [self.task.reward(problem, self.tokenizer.decode(c.token_ids))
+                for problem, c in zip(problems, completions, strict=True)]
+
+    def _rollout_batch(self, prompts, completions, rewards: list, policy_versions: list,
+                       drafter_versions: list) -> RolloutBatch:
+        """Training tensors of this rank's samples (whole groups, adjacent), sync or async."""
         rl, device = self.cfg.rl, self.env.device
         inputs, targets, mask, behaviour = assemble(prompts, completions,
                                                     self.tokenizer.pad_id, device)
-        rewards = torch.tensor([self.task.reward(problem, self.tokenizer.decode(c.token_ids))
-                                for problem, c in zip(problems, completions, strict=True)])
+        rewards = torch.tensor(rewards)
         advantages = group_advantages(rewards, rl.group_size, rl.normalize_std)
         if rl.dynamic_sampling:  # all-equal groups carry no gradient: leave them out
             mask = mask * informative_groups(rewards, rl.group_size).to(mask).unsqueeze(1)
-        count = len(completions)
-        versions = torch.full((count,), self.policy_version, dtype=torch.long)
-        drafter_version = self.online_drafter.version if self.online_drafter else 0
         return RolloutBatch(inputs, targets, mask, behaviour, rewards.to(device),
-                            advantages.to(device), versions,
-                            torch.full((count,), drafter_version, dtype=torch.long))
+                            advantages.to(device), torch.tensor(policy_versions),
+                            torch.tensor(drafter_versions))
 
     def _recompute(self, view, batch: RolloutBatch, params, global_tokens: float) -> dict:
         """Learner logprobs (ratio denominator and mismatch), reference logprobs, and the
@@ -641,7 +645,11 @@ class Trainer:
             engine = self._engine(view, prompts)
             completions = engine.generate(prompts, params, group_ids)
             time_rollout = time.perf_counter() - t0
-            batch = self._rollout_batch(prompts, problems, completions)
+            count = len(completions)
+            drafter_version = self.online_drafter.version if self.online_drafter else 0
+            batch = self._rollout_batch(prompts, completions,
+                                        self._rewards(problems, completions),
+                                        [self.policy_version] * count, [drafter_version] * count)
             global_tokens = float(self._all_reduce_dp(batch.mask.sum().double()))
             t1 = time.perf_counter()
             extra = self._recompute(view, batch, params, max(global_tokens, 1.0))
@@ -695,24 +703,19 @@ class Trainer:
         messages = self._receive_rollouts()
         waited = time.perf_counter() - start
         rl = self.cfg.rl
-        fields = ("prompts", "token_ids", "logprobs", "rewards", "group_ids")
+        fields = ("prompts", "token_ids", "logprobs", "rewards")
         merged = {key: [x for m in messages for x in getattr(m, key)] for key in fields}
         versions = [m.policy_version for m in messages for _ in m.prompts]
         per_rank = len(merged["prompts"]) // self.dims.dp
         mine = slice(self._dp_rank() * per_rank, (self._dp_rank() + 1) * per_rank)
         completions = [Completion(ids, lps) for ids, lps in
                        zip(merged["token_ids"][mine], merged["logprobs"][mine], strict=True)]
-        prompts, device = merged["prompts"][mine], self.env.device
-        inputs, targets, mask, behaviour = assemble(prompts, completions,
-                                                    self.tokenizer.pad_id, device)
-        rewards = torch.tensor(merged["rewards"][mine])
-        lags = self.policy_version - torch.tensor(versions[mine])
+        drafter_versions = [m.drafter_version for m in messages for _ in m.prompts]
+        batch = self._rollout_batch(merged["prompts"][mine], completions,
+                                    merged["rewards"][mine], versions[mine],
+                                    drafter_versions[mine])
+        lags = self.policy_version - batch.policy_versions
         assert int(lags.max()) <= rl.max_policy_lag, "the schedule bounds the lag"
-        batch = RolloutBatch(inputs, targets, mask, behaviour, rewards.to(device),
-                             group_advantages(rewards, rl.group_size, rl.normalize_std).to(device),
-                             torch.tensor(versions[mine]),
-                             torch.tensor([m.drafter_version for m in messages
-                                           for _ in m.prompts][mine]))
         params = self._sampling_params(step)
         global_tokens = float(self._all_reduce_dp(batch.mask.sum().double()))
         t1 = time.perf_counter()
@@ -748,14 +751,12 @@ class Trainer:
             op=dist.ReduceOp.MAX).tolist()
         stats = [m.stats for m in messages]
         k = len(stats[0]["drafted_per_position"])
-        accepted = [sum(s["accepted_per_position"][i] for s in stats) for i in range(k)]
-        drafted = [sum(s["drafted_per_position"][i] for s in stats) for i in range(k)]
-        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
+        rates, collapsed = self._acceptance(
+            [sum(s["accepted_per_position"][i] for s in stats) for i in range(k)],
+            [sum(s["drafted_per_position"][i] for s in stats) for i in range(k)])
         tokens = sum(s["tokens"] for s in stats)
         rewards = [r for m in messages for r in m.rewards]
         lengths = [len(ids) for m in messages for ids in m.token_ids]
-        collapsed = self.drafter is not None and self.is_main and check_acceptance(
-            rates, self.cfg.drafter.collapse_threshold, self.cfg.drafter.kind)
         return {
             "reward_mean": sum(rewards) / len(rewards),
             "accuracy": sum(r >= 1 for r in rewards) / len(rewards),
@@ -772,6 +773,14 @@ class Trainer:
             "drafter_version": int(batch.drafter_versions.max()),
             "drafter_collapsed": bool(collapsed),
         }
+
+    def _acceptance(self, accepted: list, drafted: list) -> tuple[list[float], bool]:
+        """Per-position acceptance rates of the step, and whether the drafter has collapsed
+        (warned about on rank 0)."""
+        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
+        collapsed = self.drafter is not None and self.is_main and check_acceptance(
+            rates, self.cfg.drafter.collapse_threshold, self.cfg.drafter.kind)
+        return rates, bool(collapsed)
 
     def _rollout_metrics(self, batch: RolloutBatch, completions, stats, time_rollout) -> dict:
         """Global (all data-parallel ranks) rollout statistics of this step."""
@@ -790,10 +799,7 @@ class Trainer:
                                                   dtype=torch.float64, device=self.env.device),
                                      op=dist.ReduceOp.MAX).tolist()
         rewards, correct, samples, length_sum, tokens, seq_steps, gap, gap_n, nonzero = sums[:9]
-        accepted, drafted = sums[9:9 + k], sums[9 + k:]
-        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
-        collapsed = self.drafter is not None and self.is_main and check_acceptance(
-            rates, self.cfg.drafter.collapse_threshold, self.cfg.drafter.kind)
+        rates, collapsed = self._acceptance(sums[9:9 + k], sums[9 + k:])
         return {
             "reward_mean": rewards / samples, "accuracy": correct / samples,
             "response_len_mean": length_sum / samples,

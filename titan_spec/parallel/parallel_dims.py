@@ -109,7 +109,7 @@ class ParallelDims:
                           mesh_dim_names=("dp_replicate", "dp_shard", "tp"))
         data = DeviceMesh(device_type, ranks.view(self.dp, self.tp), mesh_dim_names=("dp", "tp"))
         self._meshes["world"] = world
-        self._flat_root = flat
+        self._meshes["flat_root"] = flat
         if self.contains(torch.distributed.get_rank()):
             self._meshes["dp_shard"] = flat["dp_shard"]
             self._meshes["dp"] = data["dp"]
@@ -132,8 +132,8 @@ class ParallelDims:
 
     def fsdp_mesh(self):
         """Mesh over which dense parameters are sharded (2-D for HSDP)."""
-        if self.dp_replicate > 1 and getattr(self, "_flat_root", None) is not None:
-            return self._flat_root["dp_replicate", "dp_shard"]
+        if self.dp_replicate > 1 and "flat_root" in self._meshes:  # a part of the job
+            return self._meshes["flat_root"]["dp_replicate", "dp_shard"]
         if self.dp_replicate > 1:
             return self.mesh("dp_replicate", "dp_shard")
         return self.mesh("dp_shard")

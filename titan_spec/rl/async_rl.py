@@ -66,7 +66,6 @@ class RolloutBatchMessage:
     token_ids: list
     logprobs: list
     rewards: list
-    group_ids: list
     stats: dict = field(default_factory=dict)
 
 
@@ -129,9 +128,8 @@ class RolloutWorker:
         start = time.perf_counter()
         engine = trainer._engine(self.model, prompts)
         completions = engine.generate(prompts, params, group_ids)
-        rewards = [trainer.task.reward(p, trainer.tokenizer.decode(c.token_ids))
-                   for p, c in zip(problems, completions, strict=True)]
+        rewards = trainer._rewards(problems, completions)
         stats = dict(engine.last_stats, time_generate_s=time.perf_counter() - start)
         return RolloutBatchMessage(step, self.version, self.drafter_version, prompts,
                                    [c.token_ids for c in completions],
-                                   [c.logprobs for c in completions], rewards, group_ids, stats)
+                                   [c.logprobs for c in completions], rewards, stats)

@@ -31,10 +31,6 @@ class RolloutBatch:
         return RolloutBatch(**{f.name: None if getattr(self, f.name) is None
                                else getattr(self, f.name)[start:stop] for f in fields(self)})
 
-    @property
-    def num_tokens(self) -> float:
-        return float(self.mask.sum())
-
 
 def assemble(prompts: list[list[int]], completions, pad_id: int, device) -> tuple:
     """-> inputs, targets, mask, behaviour_logprobs, each [N, L] with L = longest sample - 1."""
