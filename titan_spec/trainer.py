@@ -35,6 +35,7 @@ from titan_spec.parallel.init import materialize_and_init
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
 from titan_spec.rl.advantages import group_advantages, informative_groups
+from titan_spec.rl.async_rl import share_start_point
 from titan_spec.rl.losses import build_loss
 from titan_spec.rl.online_drafter import OnlineDrafter, check_acceptance
 from titan_spec.rl.rollout_batch import (
@@ -154,11 +155,7 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
     limits = {
         "parallelism.rollout.ep > 1 is planned by the dry run only; the weight sync keeps "
         "experts whole on rollout ranks so far: set parallelism.rollout.ep=1.": rollout.ep > 1,
-        "async RL does not write checkpoints yet: set checkpoint.enable=false.":
-            cfg.checkpoint.enable,
         "async RL needs rl.steps > 0 (the rollout ranks only serve RL).": cfg.rl.steps == 0,
-        "async RL does not load checkpoints yet: drop checkpoint.load_path.":
-            bool(cfg.checkpoint.load_path),
         "async RL versions the policy once per step: set rl.minibatches=1.":
             cfg.rl.minibatches != 1,
         "drafter.adaptive needs rollout tp=1 (peers would choose different k).":
@@ -237,9 +234,12 @@ class Trainer:
         if self.online_drafter is not None:
             extra["drafter"] = (self.online_drafter.trainable.module,
                                 self.online_drafter.optimizer)
+        # In async RL only the learner ranks (the first ones) hold the model and save it.
         self.checkpoint = CheckpointManager(cfg.checkpoint, cfg.job.dump_folder, self.model,
                                             self.optimizer, self.scheduler, self.env.rank,
-                                            self.env.world_size, extra=extra)
+                                            self.dims.world_size if self.async_mode
+                                            else self.env.world_size, extra=extra,
+                                            group=self.learner_group)
         self.step = 0
         # An explicit load_path is honoured even when this run does not save checkpoints.
         use_checkpoints = cfg.checkpoint.enable or bool(cfg.checkpoint.load_path)
@@ -253,6 +253,8 @@ class Trainer:
                 self.drafter_warm = state.get("drafter_warm", False)
             if self.online_drafter is not None:
                 self.online_drafter.version = state.get("drafter_version", 0)
+        if self.async_mode:  # the rollout ranks learn where the run resumes
+            share_start_point(self.step, self.policy_version)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
                                      self.is_main, resumed=resume_from is not None)
         if self.is_main:
@@ -283,7 +285,7 @@ class Trainer:
         self.worker = RolloutWorker(self, self.rollout_dims, self.policy_sync, self.drafter_sync)
         self.drafter, self.online_drafter = self._build_drafter(self.worker.model)
         self._adaptive = self._adaptive_policy()
-        self.step = 0
+        self.step, self.policy_version = share_start_point()
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name, False,
                                      resumed=False)
 
@@ -436,7 +438,7 @@ class Trainer:
         sft_steps, rl_cfg = self.cfg.sft.steps, self.cfg.rl
         total = sft_steps + rl_cfg.steps
         if not self.is_learner:
-            self.worker.run(sft_steps + 1, total)
+            self.worker.run(max(self.step, sft_steps) + 1, total, self.policy_version)
             return
         if self.step >= total:
             log.warning("checkpoint is already at step %d >= sft.steps + rl.steps = %d: nothing "
@@ -466,8 +468,9 @@ class Trainer:
             before = previous if fresh else self.evaluate(count)
             if not fresh:
                 self.metrics.log(before)
-        if self.async_mode:
-            self._send_weights(version=0)
+        if self.async_mode:  # the schedule counts steps and versions from here
+            self.rl_start = (self.step, self.policy_version)
+            self._send_weights(self.policy_version)
         while self.step < total:
             self.step += 1
             record = self.rl_step_async(self.step) if self.async_mode else self.rl_step(self.step)
@@ -672,7 +675,9 @@ class Trainer:
         still needs it (rl/async_rl.py schedule)."""
         from titan_spec.rl.async_rl import last_version_sent
 
-        if version > last_version_sent(self.cfg.rl.steps, self.cfg.rl.max_policy_lag):
+        (start_step, start_version), total = self.rl_start, self.cfg.sft.steps + self.cfg.rl.steps
+        if version - start_version > last_version_sent(total - start_step,
+                                                       self.cfg.rl.max_policy_lag):
             return {}
         report = self.policy_sync.send(self.model, version)
         sent, seconds = report.bytes, report.seconds
@@ -762,6 +767,9 @@ class Trainer:
             "accuracy": sum(r >= 1 for r in rewards) / len(rewards),
             "response_len_mean": sum(lengths) / len(lengths),
             "time_rollout_s": max(s["time_generate_s"] for s in stats),
+            # The rollout side's idle time before this batch (waiting for the learner).
+            "time_rollout_waiting_for_weights_s": max(s["time_waiting_for_weights_s"]
+                                                      for s in stats),
             "rollout_tokens_per_s": tokens / max(max(s["time_s"] for s in stats), 1e-9),
             "acceptance_length": tokens / max(sum(s["sequence_steps"] for s in stats), 1),
             "acceptance_rate_per_position": rates,

@@ -96,3 +96,25 @@ def test_lag_bound_under_slow_side(slow, tmp_path):
     assert [r["policy_lag_max"] for r in records] == [0, 1, 2, 2]
     if slow == "rollout":  # batch 1 starts only once version 0 has arrived
         assert records[0]["time_waiting_for_rollout_s"] >= 0.4
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_async_checkpoint_and_resume(tmp_path):
+    """The learner alone saves (DCP over the learner group); a resumed run restarts the
+    schedule from the loaded version: its first batch is on-policy."""
+    from titan_spec.components.checkpoint import list_checkpoints, verify
+
+    common = [f"--job.dump_folder={tmp_path}", "--parallelism.rollout.ranks=1",
+              "--checkpoint.enable=true", "--checkpoint.interval=100"]
+    run_function(2, _train, tmp_path, "debug_model.toml", common + ["--rl.steps=2"])
+    run_function(2, _train, tmp_path, "debug_model.toml", common + ["--rl.steps=4"])
+    saved = list_checkpoints(tmp_path / "checkpoint")
+    assert [step for step, _ in saved] == [4, 6]
+    for _, path in saved:
+        verify(path)
+    records = _rl(tmp_path)
+    assert [r["step"] for r in records] == [3, 4, 5, 6]
+    assert [r["policy_version"] for r in records] == [0, 0, 2, 2]
+    assert [r["policy_lag_max"] for r in records] == [0, 1, 0, 1]
+    assert all(r["time_rollout_waiting_for_weights_s"] >= 0 for r in records)

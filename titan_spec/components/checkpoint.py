@@ -87,20 +87,21 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _barrier() -> None:
-    if _dist():
-        dist.barrier()
-
-
 class CheckpointManager:
     def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
-                 world_size: int, extra: dict | None = None):
+                 world_size: int, extra: dict | None = None, group=None):
         """extra: name -> (module, optimizer) saved next to the model (e.g. the drafter);
-        a checkpoint without them (an SFT-only run) still loads, reporting what it had."""
+        a checkpoint without them (an SFT-only run) still loads, reporting what it had.
+        group: the ranks that hold the model (the learner's in async RL; None: every rank);
+        rank and world_size are positions in it, and rank 0 of it writes the metadata."""
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.group = rank, world_size, group
         self.extra = extra or {}
         self.folder = Path(dump_folder) / cfg.folder
+
+    def _barrier(self) -> None:
+        if _dist():
+            dist.barrier(group=self.group)
 
     def _state(self, extras=None) -> dict:
         state = {"model": get_model_state_dict(self.model),
@@ -121,11 +122,11 @@ class CheckpointManager:
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
-        _barrier()
-        dcp.save(self._state(), checkpoint_id=str(tmp))
+        self._barrier()
+        dcp.save(self._state(), checkpoint_id=str(tmp), process_group=self.group)
         torch.save({"cpu": torch.get_rng_state(), "world_size": self.world_size},
                    tmp / f"rng_rank{self.rank}.pt")
-        _barrier()
+        self._barrier()
         if self.rank == 0:
             state = dict(train_state, step=step, scheduler=self.scheduler.state_dict(),
                          world_size=self.world_size)
@@ -135,7 +136,7 @@ class CheckpointManager:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             self._rotate()
-        _barrier()
+        self._barrier()
         log.info("saved checkpoint %s", final)
         return final
 
@@ -168,7 +169,7 @@ class CheckpointManager:
         try:
             extras = self._saved_extras(path)
             state = self._state(extras)
-            dcp.load(state, checkpoint_id=str(path))
+            dcp.load(state, checkpoint_id=str(path), process_group=self.group)
             set_model_state_dict(self.model, state["model"])
             set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
             for name in extras:
