@@ -4,8 +4,8 @@ Builds the model on the meta device, initialises a fake process group of the job
 size, applies the learner's real parallel plans (TP -> EP -> FSDP2) to it, and reads each
 parameter's local shard from the resulting DTensors. Per learner rank: fp32 master parameters,
 fp32 gradients and AdamW's two fp32 moments. Per rollout rank (async layout): the policy's
-weights in the compute dtype, sliced by the rollout layout (tensor-parallel projections by
-rollout tp, experts by rollout ep), and the KV cache for rollout.max_batch_size sequences of
+weights in the compute dtype, sliced by the rollout layout (parallel/rollout_layout.py: heads,
+SwiGLU and expert columns over rollout tp), and the KV cache for rollout.max_batch_size sequences of
 prompt + max_new_tokens. Activations, the allocator's slack and communication buffers are not
 counted, hence the headroom column."""
 
@@ -44,23 +44,20 @@ def learner_plan(cfg, dims) -> dict:
 
 def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
     from titan_spec.models import build_model
-    from titan_spec.parallel.weight_sync import tp_shard_dim
+    from titan_spec.parallel.rollout_layout import rollout_local_args, rollout_slice
 
-    rollout = cfg.parallelism.rollout
+    tp = cfg.parallelism.rollout.tp
     model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
     numel, layer0 = 0, 0
     for name, param in model.named_parameters():
-        share = param.numel()
-        if rollout.tp > 1 and tp_shard_dim(name) is not None:
-            share //= rollout.tp
-        if ".moe.experts." in name:
-            share //= rollout.ep
+        share = rollout_slice(name, param, tp, 0, args.n_kv_heads).numel()
         numel += share
         layer0 += share if name.startswith("layers.0.") else 0
     bytes_per = _DTYPE_BYTES[cfg.parallelism.param_dtype]
     seq = prompt_tokens + cfg.rollout.max_new_tokens
-    kv = (2 * args.n_layers * cfg.rollout.max_batch_size * seq * (args.n_kv_heads // rollout.tp)
-          * args.head_dim * bytes_per)
+    local_kv_heads = rollout_local_args(args, tp).n_kv_heads
+    kv = (2 * args.n_layers * cfg.rollout.max_batch_size * seq * local_kv_heads * args.head_dim
+          * bytes_per)
     return {"weights_gib": numel * bytes_per / GIB, "kv_cache_gib": kv / GIB,
             "kv_sequence_tokens": seq, "layer0_numel": layer0}
 
@@ -88,7 +85,7 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
         rollout = rollout_plan(cfg, args, prompt_tokens)
         r = cfg.parallelism.rollout
         rows.append({"role": "rollout", "ranks": r.ranks, "layout":
-                     f"replicas={r.ranks // (r.tp * r.ep)} tp={r.tp} ep={r.ep}", **rollout,
+                     f"replicas={r.ranks // r.tp} tp={r.tp}", **rollout,
                      "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device

@@ -138,23 +138,15 @@ def split_world(parallelism, world_size: int) -> tuple[ParallelDims, ParallelDim
 
 def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
     """Checks of the async layout -> the learner's dims."""
-    from titan_spec.parallel.tensor_parallel import check_tp_divisibility
+    from titan_spec.parallel.rollout_layout import check_rollout_tp
 
     learner, _ = split_world(cfg.parallelism, world_size)
     rollout = cfg.parallelism.rollout
     if rollout.tp > 1:
-        check_tp_divisibility(args, rollout.tp)
-    if rollout.ep > 1 and (not args.is_moe or args.num_experts % rollout.ep):
-        raise ValueError(f"parallelism.rollout.ep={rollout.ep} needs an MoE flavor whose "
-                         f"num_experts it divides; {cfg.model.flavor} has {args.num_experts}.")
-    if rollout.ranks % (rollout.tp * rollout.ep) and rollout.ep > 1:
-        raise ValueError(f"parallelism.rollout.ranks={rollout.ranks} must be a multiple of "
-                         f"rollout tp x ep = {rollout.tp * rollout.ep}.")
+        check_rollout_tp(args, rollout.tp)
     if cfg.job.dry_run:
         return learner
     limits = {
-        "parallelism.rollout.ep > 1 is planned by the dry run only; the weight sync keeps "
-        "experts whole on rollout ranks so far: set parallelism.rollout.ep=1.": rollout.ep > 1,
         "async RL needs rl.steps > 0 (the rollout ranks only serve RL).": cfg.rl.steps == 0,
         "async RL versions the policy once per step: set rl.minibatches=1.":
             cfg.rl.minibatches != 1,
@@ -169,7 +161,7 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
 
 def _preflight_rl(cfg, dims, args) -> None:
     rl, rollout = cfg.rl, cfg.parallelism.rollout
-    generators = rollout.ranks // (rollout.tp * rollout.ep) if rollout.ranks else dims.dp
+    generators = rollout.ranks // rollout.tp if rollout.ranks else dims.dp
     if rl.prompts_per_step % generators:
         who = "rollout replicas" if rollout.ranks else "data-parallel ranks"
         raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
@@ -275,7 +267,9 @@ class Trainer:
         tp = self.cfg.parallelism.rollout.tp
         on_rollout = self.rollout_dims.contains(self.env.rank)
         tp_rank = self.rollout_dims.mesh("tp").get_local_rank() if on_rollout and tp > 1 else 0
-        self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank)
+        n_kv_heads = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor).n_kv_heads
+        self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
+                                      n_kv_heads=n_kv_heads)
         self.drafter_sync = WeightSync(0, rollout_ranks)  # drafters are held whole
 
     def _init_rollout_rank(self) -> None:
@@ -468,6 +462,7 @@ class Trainer:
             before = previous if fresh else self.evaluate(count)
             if not fresh:
                 self.metrics.log(before)
+        start, first_step = time.perf_counter(), self.step
         if self.async_mode:  # the schedule counts steps and versions from here
             self.rl_start = (self.step, self.policy_version)
             self._send_weights(self.policy_version)
@@ -477,6 +472,12 @@ class Trainer:
             self.rl_records.append(record)
             self.metrics.log(record)
             self._maybe_save(total)
+        # Wall time of the RL loop, including what no step record holds (the first weight sync).
+        self.metrics.log({"step": self.step, "phase": "rl_total", "steps": self.step - first_step,
+                          "wall_s": time.perf_counter() - start})
+        if self.async_mode:  # the last sends are non-blocking: see them received
+            self.policy_sync.wait()
+            self.drafter_sync.wait()
         after = None
         if count:
             after = self.evaluate(count)

@@ -1,6 +1,7 @@
 """Learner -> rollout weight sync: after a sync the rollout side holds exactly the learner's
 full parameters (whole, or its tensor-parallel slice), for FSDP2 -> replicated, FSDP2 x TP ->
-TP and EP -> replicated experts; a corrupted bucket is detected and not applied."""
+TP, EP -> replicated experts and EP -> tp = 4 (expert columns split, KV heads copied to 2 ranks
+each), and its logits equal the full model's; a corrupted bucket is detected, not applied."""
 
 import pytest
 import torch
@@ -24,6 +25,7 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     from titan_spec.models import build_model, get_model_spec
     from titan_spec.parallel.colocate import build_rollout_model
     from titan_spec.parallel.init import canonical_name, materialize_and_init
+    from titan_spec.parallel.rollout_layout import rollout_slice
     from titan_spec.parallel.weight_sync import WeightSync, WeightSyncError
 
     rollout_ranks = list(range(learner_world, world_size))
@@ -41,13 +43,15 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
                     bucket[3] += 1e-3
                 return bucket
         sync_cls = Corrupting
+    n_kv_heads = spec.args(flavor).n_kv_heads
     sync = sync_cls(0, rollout_ranks, bucket_bytes=64 << 10, rollout_tp=rollout_tp,
-                    rollout_tp_rank=tp_rank)
+                    rollout_tp_rank=tp_rank, n_kv_heads=n_kv_heads)
     if rank < learner_world:
         model = build_model("qwen3", flavor, device="meta")
         spec.parallelize(model, learner_dims, Parallelism(**learner_degrees), "cpu")
         materialize_and_init(model, torch.device("cpu"), seed=7)
         report = sync.send(model, version=3)
+        sync.wait()
         return {"sent": report.bytes, "buckets": report.buckets}
     group = rollout_dims.mesh("tp").get_group() if rollout_tp > 1 else None
     rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group)
@@ -61,12 +65,7 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     mismatched = []
     for name, param in rollout.named_parameters():
         name = canonical_name(name)
-        from titan_spec.parallel.weight_sync import tp_shard_dim
-
-        want = expected[name]
-        dim = tp_shard_dim(name) if rollout_tp > 1 else None
-        if dim is not None:
-            want = want.chunk(rollout_tp, dim=dim)[tp_rank]
+        want = rollout_slice(name, expected[name], rollout_tp, tp_rank, n_kv_heads)
         if not torch.equal(param, want):
             mismatched.append(name)
     tokens = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(1))
@@ -96,7 +95,8 @@ def _run_on_last_rollout_rank(rank, world_size, *args):
     ("debug", {"dp_shard": 2}, 2, 4, 1),
     ("debug", {"dp_shard": 2, "tp": 2}, 4, 6, 2),
     ("debug_moe", {"dp_shard": 2, "ep": 2}, 2, 4, 1),
-], ids=["fsdp2->replicated", "fsdp2xtp->tp", "ep->replicated"])
+    ("debug_moe", {"dp_shard": 2, "ep": 2}, 2, 6, 4),
+], ids=["fsdp2->replicated", "fsdp2xtp->tp", "ep->replicated", "ep->tp4"])
 def test_rollout_holds_the_learner_weights(flavor, learner, learner_world, world, rollout_tp,
                                           tmp_path):
     results = run_function(world, _run_on_last_rollout_rank, tmp_path, flavor, learner,

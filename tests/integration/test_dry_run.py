@@ -32,9 +32,11 @@ def _hand_learner_layer0(dp_shard: int, ep: int) -> int:
     return attn + norms + router + experts
 
 
-def _hand_rollout_layer0(tp: int, ep: int) -> int:
-    attn = (HEADS * HEAD_DIM * DIM + 2 * KV_HEADS * HEAD_DIM * DIM + DIM * HEADS * HEAD_DIM) // tp
-    return attn + 2 * HEAD_DIM + 2 * DIM + EXPERTS * DIM + 3 * EXPERTS * DIM * MOE_HIDDEN // ep
+def _hand_rollout_layer0(tp: int) -> int:
+    """Heads, SwiGLU and expert columns split tp ways; one of the 4 KV heads per rank."""
+    kv_heads = max(1, KV_HEADS // tp)
+    attn = 2 * HEADS * HEAD_DIM * DIM // tp + 2 * kv_heads * HEAD_DIM * DIM
+    return attn + 2 * HEAD_DIM + 2 * DIM + EXPERTS * DIM + 3 * EXPERTS * DIM * MOE_HIDDEN // tp
 
 
 def test_235b_dry_run(tmp_path):
@@ -49,12 +51,12 @@ def test_235b_dry_run(tmp_path):
     layer0 = sum(n for name, n in plan["learner_local_numel"].items()
                  if name.startswith("layers.0."))
     assert layer0 == _hand_learner_layer0(dp_shard=192, ep=8)
-    assert rollout["layer0_numel"] == _hand_rollout_layer0(tp=4, ep=8)
+    assert rollout["layer0_numel"] == _hand_rollout_layer0(tp=8)
     # params / grads / optimizer are 4 / 4 / 8 bytes per local element
     total = sum(plan["learner_local_numel"].values())
     assert learner["params_gib"] == pytest.approx(total * 4 / 2**30)
     assert learner["optimizer_gib"] == pytest.approx(total * 8 / 2**30)
-    kv = 2 * LAYERS * 64 * (512 + 8192) * (KV_HEADS // 4) * HEAD_DIM * 2
+    kv = 2 * LAYERS * 64 * (512 + 8192) * 1 * HEAD_DIM * 2  # 1 KV head per rank
     assert rollout["kv_cache_gib"] == pytest.approx(kv / 2**30)
     assert all(row["fits"] for row in plan["rows"])
 
@@ -62,6 +64,6 @@ def test_235b_dry_run(tmp_path):
 def test_dry_run_reports_what_does_not_fit(tmp_path):
     proc = subprocess.run(["./run_train.sh", "--config", "235b_moe_async.toml",
                            "--job.dry_run=true", f"--job.dump_folder={tmp_path}",
-                           "--parallelism.rollout.ep=1"],
+                           "--parallelism.rollout.tp=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 1 and " NO " in proc.stdout

@@ -69,9 +69,13 @@ def test_is_weights_lag_zero_is_the_synchronous_loss():
 
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
-def test_async_moe_config_runs_on_four_ranks(tmp_path):
+@pytest.mark.parametrize("rollout_tp", [1, 2], ids=["2 replicas", "1 replica tp=2"])
+def test_async_moe_config_runs_on_four_ranks(rollout_tp, tmp_path):
+    """The learner trains with EP; the rollout mesh generates with whole experts on two
+    replicas, or with every expert's columns split over a tp = 2 replica."""
     run_function(4, _train, tmp_path, "debug_moe_async.toml",
-                 [f"--job.dump_folder={tmp_path}", "--rl.steps=3"])
+                 [f"--job.dump_folder={tmp_path}", "--rl.steps=3",
+                  f"--parallelism.rollout.tp={rollout_tp}"])
     records = _rl(tmp_path)
     assert [r["step"] for r in records] == [3, 4, 5]
     for key in ("policy_lag_mean", "policy_lag_max", "is_weight_mean", "is_weight_max",

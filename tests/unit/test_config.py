@@ -116,8 +116,8 @@ def test_rollout_mesh_split_errors():
     check(4, ["--parallelism.rollout.ranks=3", "--parallelism.rollout.tp=2"], "must divide")
     check(4, ["--parallelism.rollout.ranks=1", "--parallelism.tp=2"],
           "learner mesh has 3 of the 4 ranks")
-    check(4, ["--parallelism.rollout.ranks=2", "--parallelism.rollout.ep=2",
-              "--model.flavor=debug_moe", "--checkpoint.enable=false"], "rollout.ep=1")
+    check(6, ["--parallelism.rollout.ranks=3", "--parallelism.rollout.tp=3"],
+          "rollout.tp=3 must divide")
     check(3, ["--parallelism.rollout.ranks=1", "--checkpoint.enable=false",
               "--rl.minibatches=2"], "rl.minibatches=1")
     with pytest.raises(ConfigError, match="rollout.ranks"):

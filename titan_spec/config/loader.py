@@ -175,7 +175,6 @@ def validate(cfg: JobConfig) -> None:
            "must be -1 (auto) or >= 1.")
     _check(p.rollout.ranks >= 0, "parallelism.rollout.ranks", "must be >= 0 (0: colocated).")
     _check(p.rollout.tp >= 1, "parallelism.rollout.tp", "must be >= 1.")
-    _check(p.rollout.ep >= 1, "parallelism.rollout.ep", "must be >= 1.")
     _check(cfg.job.world_size >= 0, "job.world_size", "must be >= 0 (0: the launcher's NPROC).")
     _check(cfg.job.device_memory_gib > 0, "job.device_memory_gib", "must be > 0.")
     _check(s.steps >= 0, "sft.steps", "must be >= 0.")

@@ -57,10 +57,9 @@ class RolloutParallelism:
         0, "Ranks of the separate rollout mesh (async RL), taken from the end of the world; "
         "0 keeps rollouts colocated with the learner (synchronous RL)."
     )
-    tp: int = opt(1, "Tensor-parallel degree of each rollout replica (dp = ranks / tp).")
-    ep: int = opt(
-        1, "Expert-parallel degree of each rollout replica for MoE (planned by the dry run; the "
-        "weight sync keeps experts whole so far)."
+    tp: int = opt(
+        1, "Tensor-parallel degree of each rollout replica (dp = ranks / tp); it splits "
+        "heads, SwiGLU columns and every MoE expert's columns."
     )
 
 

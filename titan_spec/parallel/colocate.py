@@ -24,6 +24,7 @@ from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from .init import canonical_name
+from .rollout_layout import rollout_local_args, split_experts
 from .tensor_parallel import ROW_PARALLEL, local_args
 
 # Parameters the view holds whole even when the learner shards them.
@@ -86,10 +87,12 @@ def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None) -> nn.Modu
 
 
 def build_rollout_model(builder, args, device, tp: int = 1, tp_group=None) -> nn.Module:
-    """An empty inference module in the rollout layout (whole, or this tp rank's slice with
-    the same local shapes as the colocated view); weight_sync fills it."""
+    """An empty inference module in the rollout layout (whole, or this tp rank's slice:
+    parallel/rollout_layout.py); weight_sync fills it."""
     with torch.device("meta"):
-        module = builder(local_args(args, tp) if tp > 1 else args)
+        module = builder(rollout_local_args(args, tp))
+    if tp > 1:
+        split_experts(module, tp_group)
     module.to_empty(device=device)
     module.tie_weights()
     module.init_buffers(device)

@@ -2,18 +2,20 @@
 
 The learner holds its parameters in its own layout (FSDP2 / TP / EP DTensors over the learner
 mesh); each rollout rank holds a plain module in the rollout layout: whole parameters, or its
-tensor-parallel slice (the same local shapes as the colocated view, parallel/colocate.py).
+tensor-parallel slice (parallel/rollout_layout.py: heads, SwiGLU and expert columns).
 A sync walks the parameters in one agreed order (canonical names, sorted). Every learner rank
 takes part in gathering each full parameter (one DTensor collective per parameter, so the
-extra memory is one parameter plus one bucket); the learner's first rank packs them into
-buckets of at most `bucket_bytes` and broadcasts each bucket, with a checksum, to the rollout
-ranks. Each rollout rank verifies a bucket's checksum before it copies anything from it: a
-corrupted bucket is not applied, the rest of the sync is still drained (so the two sides stay
-in step), and WeightSyncError is raised at the end naming the bad buckets."""
+extra memory is one parameter plus the staged buckets); the learner's first rank packs them
+into buckets of at most `bucket_bytes` and broadcasts each bucket, with a checksum, to the
+rollout ranks, without blocking while at most `staging_bytes` are still unreceived. Each
+rollout rank verifies a bucket's checksum before it copies anything from it: a corrupted
+bucket is not applied, the rest of the sync is still drained (so the two sides stay in step),
+and WeightSyncError is raised at the end naming the bad buckets."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -22,11 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from .init import canonical_name
-from .tensor_parallel import ROW_PARALLEL
-
-# Column-parallel projections are split on dim 0 (output features), row-parallel on dim 1.
-_COLUMN_PARALLEL = ("attention.wq", "attention.wk", "attention.wv", "feed_forward.w1",
-                    "feed_forward.w3")
+from .rollout_layout import rollout_slice
 
 
 class WeightSyncError(RuntimeError):
@@ -39,16 +37,6 @@ class SyncReport:
     bytes: int
     buckets: int
     seconds: float
-
-
-def tp_shard_dim(name: str) -> int | None:
-    """Tensor dim a rollout tp rank slices of a full parameter, or None (held whole)."""
-    module = name.rsplit(".", 1)[0]
-    if module.endswith(_COLUMN_PARALLEL):
-        return 0
-    if module.endswith(ROW_PARALLEL):
-        return 1
-    return None
 
 
 def checksum(flat: torch.Tensor) -> torch.Tensor:
@@ -67,10 +55,16 @@ class WeightSync:
     """One sync group: the learner's first rank (source) and every rollout rank."""
 
     def __init__(self, source_rank: int, rollout_ranks: list[int], bucket_bytes: int = 64 << 20,
-                 rollout_tp: int = 1, rollout_tp_rank: int = 0):
+                 rollout_tp: int = 1, rollout_tp_rank: int = 0, n_kv_heads: int = 1,
+                 staging_bytes: int = 2 << 30):
+        """n_kv_heads: the model's, for the KV-head copies of a rollout tp above it.
+        staging_bytes: buckets the source may have sent but not yet seen received; the send
+        returns at once while they fit, and waits for the rollout side beyond that."""
         self.source_rank, self.rollout_ranks = source_rank, list(rollout_ranks)
-        self.bucket_bytes = bucket_bytes
+        self.bucket_bytes, self.staging_bytes = bucket_bytes, staging_bytes
+        self._in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()
         self.rollout_tp, self.rollout_tp_rank = rollout_tp, rollout_tp_rank
+        self.n_kv_heads = n_kv_heads
         # new_group is collective over the default group: every rank builds it.
         self.group = dist.new_group([source_rank] + self.rollout_ranks)
         self.rank = dist.get_rank()
@@ -104,27 +98,40 @@ class WeightSync:
 
     def _broadcast(self, tensors: list[torch.Tensor]) -> int:
         bucket = torch.cat(tensors)
-        dist.broadcast(bucket, src=self.source_rank, group=self.group)
-        dist.broadcast(checksum(bucket), src=self.source_rank, group=self.group)
+        self._launch(bucket)
+        self._launch(checksum(bucket))
         return bucket.numel() * bucket.element_size()
 
     def _broadcast_header(self, version: int, buckets: int) -> None:
-        header = torch.tensor([version, buckets], dtype=torch.int64)
-        dist.broadcast(header, src=self.source_rank, group=self.group)
+        self._launch(torch.tensor([version, buckets], dtype=torch.int64))
+
+    def _launch(self, tensor: torch.Tensor) -> None:
+        """Non-blocking broadcast from the source: the rollout side takes it between batches,
+        so a blocking send would idle the learner until the current batch is generated."""
+        while self._in_flight and self._staged() + tensor.nbytes > self.staging_bytes:
+            work, _ = self._in_flight.popleft()
+            work.wait()
+        work = dist.broadcast(tensor, src=self.source_rank, group=self.group, async_op=True)
+        self._in_flight.append((work, tensor))
+
+    def _staged(self) -> int:
+        return sum(tensor.nbytes for _, tensor in self._in_flight)
+
+    def wait(self) -> None:
+        """Until the rollout side has received everything sent (call before shutting down)."""
+        while self._in_flight:
+            work, _ = self._in_flight.popleft()
+            work.wait()
 
     # ------------------------------------------------------------------ rollout side
     def _slots(self, model: nn.Module, full_shapes: dict) -> list:
-        """(local parameter, full shape, shard dim) in the agreed order."""
+        """(name, local parameter, full shape) in the agreed order."""
         named = {canonical_name(n): p for n, p in model.named_parameters()}
         missing = sorted(set(full_shapes) ^ set(named))
         if missing:
             raise WeightSyncError(f"learner and rollout models hold different parameters: "
                                   f"{missing[:5]}")
-        slots = []
-        for name in sorted(full_shapes):
-            dim = tp_shard_dim(name) if self.rollout_tp > 1 else None
-            slots.append((name, named[name], full_shapes[name], dim))
-        return slots
+        return [(name, named[name], full_shapes[name]) for name in sorted(full_shapes)]
 
     @torch.no_grad()
     def receive(self, model: nn.Module, full_shapes: dict) -> SyncReport:
@@ -169,12 +176,11 @@ class WeightSync:
 
     def _apply(self, bucket: torch.Tensor, group: list) -> None:
         offset = 0
-        for name, local, full_shape, dim in group:
+        for name, local, full_shape in group:
             size = torch.Size(full_shape).numel()
-            full = bucket[offset:offset + size].view(full_shape)
+            full = rollout_slice(name, bucket[offset:offset + size].view(full_shape),
+                                 self.rollout_tp, self.rollout_tp_rank, self.n_kv_heads)
             offset += size
-            if dim is not None:
-                full = full.chunk(self.rollout_tp, dim=dim)[self.rollout_tp_rank]
             if full.shape != local.shape:
                 raise WeightSyncError(f"{name}: the rollout side holds {tuple(local.shape)}, "
                                       f"the learner's slice is {tuple(full.shape)}.")
