@@ -268,9 +268,10 @@ class Trainer:
         on_rollout = self.rollout_dims.contains(self.env.rank)
         tp_rank = self.rollout_dims.mesh("tp").get_local_rank() if on_rollout and tp > 1 else 0
         n_kv_heads = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor).n_kv_heads
+        device = self.env.device
         self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
-                                      n_kv_heads=n_kv_heads)
-        self.drafter_sync = WeightSync(0, rollout_ranks)  # drafters are held whole
+                                      n_kv_heads=n_kv_heads, device=device)
+        self.drafter_sync = WeightSync(0, rollout_ranks, device=device)  # drafters: held whole
 
     def _init_rollout_rank(self) -> None:
         from titan_spec.rl.async_rl import RolloutWorker

@@ -114,3 +114,17 @@ def test_corrupted_bucket_is_detected(tmp_path):
     for result in results[2:]:
         assert "bucket 1 (" in result["error"] and "checksum" in result["error"]
         assert result["second_bucket_untouched"]  # the damaged bucket was not applied
+
+
+def test_checksum_catches_changed_swapped_and_zeroed_elements():
+    from titan_spec.parallel.weight_sync import checksum
+
+    bucket = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    reference = checksum(bucket)
+    changed, swapped, zeroed = bucket.clone(), bucket.clone(), bucket.clone()
+    changed[7] = torch.nextafter(changed[7], torch.tensor(10.0))  # one bit of one element
+    swapped[[3, 900]] = swapped[[900, 3]]
+    zeroed[500:] = 0
+    assert torch.equal(checksum(bucket.clone()), reference)
+    for damaged in (changed, swapped, zeroed):
+        assert not torch.equal(checksum(damaged), reference)
