@@ -61,6 +61,10 @@ def summarise(folder: Path, skip: int, is_async: bool) -> dict:
         waited = summary["breakdown_s"]["time_waiting_for_rollout_s"]
         # Generation the learner did not wait for: the part async hid behind training.
         summary["rollout_hidden_fraction"] = max(0.0, 1 - waited / max(generate, 1e-9))
+        # Each side's own work; the larger one bounds the step however well they overlap.
+        learner_busy = summary["steady_state_s"] - waited
+        summary["learner_busy_s"] = learner_busy
+        summary["bottleneck"] = "rollout rank" if generate > learner_busy else "learner rank"
     return summary
 
 

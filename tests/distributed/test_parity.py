@@ -7,7 +7,7 @@ auxiliary loss is computed per micro-batch, so EP compares against the same per-
 import pytest
 import torch
 
-from tests.helpers import run_distributed, run_trainer
+from tests.helpers import run_distributed, run_function, run_trainer
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 # fp32 attention, the default: the tolerances below were set for it (the main job's float64
@@ -60,6 +60,32 @@ def test_expert_parallel_matches_single_process(moe_reference, tmp_path):
                              STEPS + ["--parallelism.ep=2", f"--job.dump_folder={tmp_path}"],
                              tmp_path)
     _assert_parity(result, moe_reference)
+
+
+def _train_experts_split_on_hidden(rank, world_size, overrides):
+    """The placement 235B needs (fewer local experts than expert-FSDP ranks: FSDP splits the
+    expert hidden dim) forced on the debug MoE, which has too many experts to need it."""
+    import titan_spec.parallel.fsdp as fsdp
+
+    choose, placements = fsdp._expert_placement, []
+
+    def forced(local_experts, shards):
+        placement = choose(0, shards)
+        placements.append(placement(torch.empty(4, 128, 128)))
+        return placement
+    fsdp._expert_placement = forced
+    return dict(run_trainer("debug_moe.toml", overrides), placements=placements)
+
+
+def test_experts_sharded_on_hidden_dim_match_single_process(tmp_path):
+    reference = run_trainer("debug_moe.toml", STEPS + [
+        f"--job.dump_folder={tmp_path / 'ref'}", "--parallelism.ep=1",
+        "--training.grad_accum_steps=4"])
+    result = run_function(4, _train_experts_split_on_hidden, tmp_path, STEPS + [
+        "--parallelism.ep=2", "--parallelism.dp_shard=4", f"--job.dump_folder={tmp_path}"])
+    assert len(result["placements"]) == 4  # one per MoE block, each off dim 0
+    assert all(placement.dim != 0 for placement in result["placements"])
+    _assert_parity(result, reference)
 
 
 def test_bf16_mixed_precision_runs_close_to_fp32(dense_reference, tmp_path):

@@ -27,8 +27,14 @@ def _hand_learner_layer0(dp_shard: int, ep: int) -> int:
             + 2 * _rank0_rows(HEAD_DIM, dp_shard))  # q/k norms
     norms = 2 * _rank0_rows(DIM, dp_shard)
     router = _rank0_rows(EXPERTS, dp_shard) * DIM
-    # experts: EP first (experts / ep), then FSDP over the ranks ep leaves (dp_shard / ep)
-    experts = 3 * _rank0_rows(EXPERTS // ep, dp_shard // ep) * DIM * MOE_HIDDEN
+    # experts: EP first (experts / ep), then FSDP over the ranks ep leaves (dp_shard / ep); with
+    # fewer local experts than those ranks, FSDP splits the expert hidden dim (1536 / 24) instead
+    local, shards = EXPERTS // ep, dp_shard // ep
+    if local >= shards:
+        experts = 3 * _rank0_rows(local, shards) * DIM * MOE_HIDDEN
+    else:
+        assert MOE_HIDDEN % shards == 0 and DIM % shards
+        experts = 3 * local * DIM * (MOE_HIDDEN // shards)
     return attn + norms + router + experts
 
 

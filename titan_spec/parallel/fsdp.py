@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Shard
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -16,6 +17,21 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 def _sum_gradients(module: FSDPModule) -> None:
     module.set_gradient_divide_factor(1.0)
     module.set_force_sum_reduction_for_comms(True)
+
+
+def _expert_placement(local_experts: int, shards: int):
+    """Shard experts on dim 0 while every rank gets whole experts. With fewer local experts
+    than shard ranks (235B: 16 over 24) dim 0 would leave ranks empty, so shard a dim that
+    splits evenly (FSDP2 allows uneven splits on dim 0 only): in practice the expert hidden."""
+    if local_experts >= shards:
+        return None
+
+    def placement(param) -> Shard:
+        for dim in (1, 2):
+            if param.shape[dim] % shards == 0:
+                return Shard(dim)
+        return Shard(0)
+    return placement
 
 
 def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: str) -> None:
@@ -27,8 +43,11 @@ def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: 
         inner = getattr(block, "_checkpoint_wrapped_module", block)
         inner = getattr(inner, "_orig_mod", inner)
         if hasattr(inner, "moe") and parallel_dims.ep > 1:
-            experts = fully_shard(inner.moe.experts, mesh=parallel_dims.expert_fsdp_mesh(),
-                                  mp_policy=policy)
+            expert_mesh = parallel_dims.expert_fsdp_mesh()
+            local_experts = model.args.num_experts // parallel_dims.ep
+            experts = fully_shard(inner.moe.experts, mesh=expert_mesh, mp_policy=policy,
+                                  shard_placement_fn=_expert_placement(local_experts,
+                                                                       expert_mesh.size(-1)))
             sharded.append(experts)
         sharded.append(fully_shard(block, mesh=mesh, mp_policy=policy))
     # The root keeps embedding, final norm and head; no reshard after forward since backward
