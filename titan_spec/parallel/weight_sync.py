@@ -110,6 +110,8 @@ class WeightSync:
     def _launch(self, tensor: torch.Tensor) -> None:
         """Non-blocking broadcast from the source: the rollout side takes it between batches,
         so a blocking send would idle the learner until the current batch is generated."""
+        while self._in_flight and self._in_flight[0][0].is_completed():
+            self._in_flight.popleft()  # received: its buffer can go
         while self._in_flight and self._staged() + tensor.nbytes > self.staging_bytes:
             work, _ = self._in_flight.popleft()
             work.wait()
