@@ -24,15 +24,13 @@ async arms (one) draw different samples for the same prompts; reward curves agre
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
 
 import torch
 
-from bench.rl_step import read_records, run_arm
-from bench.rollout import CACHE, distilled_draft, trained_target
+from bench.rl_step import policy_overrides, read_records, report, run_arm
 
 log = logging.getLogger("bench.async_rl")
 SYNC_KEYS = ("time_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
@@ -85,24 +83,8 @@ def main(argv=None) -> dict:
         parser.error(f"--skip {args.skip} leaves no timed step of --steps {args.steps}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
-    target = trained_target(args.flavor, 300, args.seed, 2)
-    distilled_draft(target, "debug", 300, args.seed, {"n_layers": 2})
-    draft_file = CACHE / f"draft-debug-{target.args.dim}-300-{args.seed}.pt"
-    checkpoint = CACHE / f"target-{args.flavor}-300-{args.seed}" / "checkpoint" / "step-300"
-    common = [
-        f"--model.flavor={args.flavor}", f"--checkpoint.load_path={checkpoint}",
-        "--checkpoint.enable=false", "--sft.steps=300", f"--rl.steps={args.steps}",
-        f"--rl.prompts_per_step={args.prompts}", f"--rl.group_size={args.group}",
-        "--rl.lr=1e-5", "--rl.eval_problems=0", f"--rollout.max_batch_size={args.batch}",
-        "--rollout.max_new_tokens=64", "--metrics.enable_tensorboard=false",
-        f"--job.seed={args.seed}", "--training.threads_per_rank=1",
-    ]
+    target, common, speculative = policy_overrides(args, 2)
     plain = ["--drafter.kind=none"]
-    speculative = [
-        "--drafter.kind=draft_model", "--drafter.draft_flavor=debug", "--drafter.draft_layers=2",
-        f"--drafter.init_from={draft_file}", f"--drafter.num_draft_tokens={args.k}",
-        "--drafter.lr=1e-4",
-    ]
     asynchronous = ["--parallelism.rollout.ranks=1", f"--rl.max_policy_lag={args.max_lag}"]
     arms = {"sync_plain": plain, "sync_speculative": speculative,
             "async_plain": asynchronous + plain, "async_speculative": asynchronous + speculative}
@@ -128,11 +110,7 @@ def main(argv=None) -> dict:
                                for name in arms if name != "sync_plain"},
         "arms": results,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

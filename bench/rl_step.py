@@ -88,6 +88,38 @@ def learning_curves(folder: Path, steps: int, nproc: int) -> dict:
             "reward_gap_last20": gap, "reward_gap_in_stderr": gap / max(noise, 1e-9)}
 
 
+def policy_overrides(args, nproc: int) -> tuple[object, list[str], list[str]]:
+    """(the cached 25M target, job overrides every arm shares: RL from the target's SFT
+    checkpoint, overrides that add its distilled draft model). Builds both on first use."""
+    target = trained_target(args.flavor, 300, args.seed, nproc)
+    distilled_draft(target, "debug", 300, args.seed, {"n_layers": 2})
+    draft_file = CACHE / f"draft-debug-{target.args.dim}-300-{args.seed}.pt"
+    checkpoint = CACHE / f"target-{args.flavor}-300-{args.seed}" / "checkpoint" / "step-300"
+    common = [
+        f"--model.flavor={args.flavor}", f"--checkpoint.load_path={checkpoint}",
+        "--checkpoint.enable=false", "--sft.steps=300", f"--rl.steps={args.steps}",
+        f"--rl.prompts_per_step={args.prompts}", f"--rl.group_size={args.group}",
+        "--rl.lr=1e-5", "--rl.eval_problems=0", f"--rollout.max_batch_size={args.batch}",
+        "--rollout.max_new_tokens=64", "--metrics.enable_tensorboard=false",
+        f"--job.seed={args.seed}", "--training.threads_per_rank=1",
+    ]
+    speculative = [
+        "--drafter.kind=draft_model", "--drafter.draft_flavor=debug", "--drafter.draft_layers=2",
+        f"--drafter.init_from={draft_file}", f"--drafter.num_draft_tokens={args.k}",
+        "--drafter.lr=1e-4",
+    ]
+    return target, common, speculative
+
+
+def report(result: dict, path: str | None) -> dict:
+    """Print the results as JSON, and write them to `path` when given."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+    return result
+
+
 def timed(records: list[dict], key: str, skip: int) -> float:
     return sum(r[key] for r in records[skip:])
 
@@ -109,23 +141,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.nproc)
-    target = trained_target(args.flavor, 300, args.seed, args.nproc)
-    distilled_draft(target, "debug", 300, args.seed, {"n_layers": 2})
-    draft_file = CACHE / f"draft-debug-{target.args.dim}-300-{args.seed}.pt"
-    checkpoint = CACHE / f"target-{args.flavor}-300-{args.seed}" / "checkpoint" / "step-300"
-    common = [
-        f"--model.flavor={args.flavor}", f"--checkpoint.load_path={checkpoint}",
-        "--checkpoint.enable=false", "--sft.steps=300", f"--rl.steps={args.steps}",
-        f"--rl.prompts_per_step={args.prompts}", f"--rl.group_size={args.group}",
-        "--rl.lr=1e-5", "--rl.eval_problems=0", f"--rollout.max_batch_size={args.batch}",
-        "--rollout.max_new_tokens=64", "--metrics.enable_tensorboard=false",
-        f"--job.seed={args.seed}", "--training.threads_per_rank=1",
-    ]
-    speculative = [
-        "--drafter.kind=draft_model", "--drafter.draft_flavor=debug", "--drafter.draft_layers=2",
-        f"--drafter.init_from={draft_file}", f"--drafter.num_draft_tokens={args.k}",
-        "--drafter.lr=1e-4",
-    ]
+    target, common, speculative = policy_overrides(args, args.nproc)
     with tempfile.TemporaryDirectory(prefix="rl_step_") as tmp:
         plain = run_arm("plain", common + ["--drafter.kind=none"], Path(tmp), args.nproc)
         spec = run_arm("speculative", common + speculative, Path(tmp), args.nproc)
@@ -159,11 +175,7 @@ def main(argv=None) -> dict:
         "colocated_verify_step": verify,
         "learning_curves": curves,
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":
