@@ -433,7 +433,7 @@ class Trainer:
         sft_steps, rl_cfg = self.cfg.sft.steps, self.cfg.rl
         total = sft_steps + rl_cfg.steps
         if not self.is_learner:
-            self.worker.run(max(self.step, sft_steps) + 1, total, self.policy_version)
+            self.worker.run(max(self.step, sft_steps) + 1, total)
             return
         if self.step >= total:
             log.warning("checkpoint is already at step %d >= sft.steps + rl.steps = %d: nothing "
@@ -464,9 +464,9 @@ class Trainer:
             if not fresh:
                 self.metrics.log(before)
         start, first_step = time.perf_counter(), self.step
-        if self.async_mode:  # the schedule counts steps and versions from here
-            self.rl_start = (self.step, self.policy_version)
-            self._send_weights(self.policy_version)
+        if self.async_mode:  # the schedule counts steps from here
+            self.rl_start = self.step
+            self._send_weights()
         while self.step < total:
             self.step += 1
             record = self.rl_step_async(self.step) if self.async_mode else self.rl_step(self.step)
@@ -672,16 +672,17 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------ async RL (learner)
-    def _send_weights(self, version: int) -> dict:
-        """Broadcast policy (and drafter) version `version` to the rollout mesh, if a batch
-        still needs it (rl/async_rl.py schedule)."""
-        from titan_spec.rl.async_rl import last_version_sent
+    def _send_weights(self) -> dict:
+        """Broadcast the current policy (and drafter) to the rollout mesh, if a later batch
+        can still use it (rl/async_rl.py schedule)."""
+        from titan_spec.rl.async_rl import syncs_sent
 
-        (start_step, start_version), total = self.rl_start, self.cfg.sft.steps + self.cfg.rl.steps
-        if version - start_version > last_version_sent(total - start_step,
-                                                       self.cfg.rl.max_policy_lag):
+        rl, start_step = self.cfg.rl, self.rl_start
+        total = self.cfg.sft.steps + rl.steps
+        done = self.step - start_step  # steps since the start: sync number done + 1
+        if done + 1 > syncs_sent(total - start_step, rl.max_policy_lag, rl.stale_policy):
             return {}
-        report = self.policy_sync.send(self.model, version)
+        report = self.policy_sync.send(self.model, self.policy_version)
         sent, seconds = report.bytes, report.seconds
         if self.online_drafter is not None:
             drafter = self.drafter_sync.send(self.online_drafter.trainable.module,
@@ -722,7 +723,9 @@ class Trainer:
                                     merged["rewards"][mine], versions[mine],
                                     drafter_versions[mine])
         lags = self.policy_version - batch.policy_versions
-        assert int(lags.max()) <= rl.max_policy_lag, "the schedule bounds the lag"
+        stale = lags > rl.max_policy_lag
+        assert rl.stale_policy == "drop" or not stale.any(), "the schedule bounds the lag"
+        batch.mask = batch.mask * (~stale).to(batch.mask).unsqueeze(1)  # drop: out of the loss
         params = self._sampling_params(step)
         global_tokens = float(self._all_reduce_dp(batch.mask.sum().double()))
         t1 = time.perf_counter()
@@ -733,9 +736,10 @@ class Trainer:
                                                 lags, batch.mask, rl.is_cap)
         t2 = time.perf_counter()
         lr = self.optimizer.param_groups[0]["lr"]
-        trained = self._train_policy(batch, params)
+        # Every group dropped: no update (an optimizer step on zero gradients still moves).
+        trained = self._train_policy(batch, params) if global_tokens > 0 else {}
         time_train = time.perf_counter() - t2
-        synced = self._send_weights(self.policy_version)
+        synced = self._send_weights()
         record = {"step": step, "phase": "rl", "lr": lr, **trained, **extra, **synced}
         record.update(self._async_metrics(batch, messages, lags))
         record.update(time_waiting_for_rollout_s=waited, time_logprob_s=time_logprob,
@@ -748,8 +752,9 @@ class Trainer:
         gap_sum, gap_max, gap_n = logprob_mismatch(batch.behaviour_logprobs, batch.old_logprobs,
                                                    on_policy)
         weights = batch.is_weights[batch.mask > 0]
+        dropped = float((lags > self.cfg.rl.max_policy_lag).sum())
         local = torch.tensor([float(lags.sum()), lags.numel(), float(weights.sum()),
-                              weights.numel(), float(gap_sum), float(gap_n)],
+                              weights.numel(), float(gap_sum), float(gap_n), dropped],
                              dtype=torch.float64, device=self.env.device)
         sums = self._all_reduce_dp(local).tolist()
         maxima = self._all_reduce_dp(torch.tensor(
@@ -777,6 +782,8 @@ class Trainer:
             "acceptance_rate_per_position": rates,
             "policy_lag_mean": sums[0] / max(sums[1], 1), "policy_lag_max": int(maxima[0]),
             "is_weight_mean": sums[2] / max(sums[3], 1), "is_weight_max": maxima[1],
+            # Samples older than max_policy_lag, left out of the loss (stale_policy=drop).
+            "dropped_fraction": sums[6] / max(sums[1], 1),
             "logprob_mismatch_max": maxima[2], "logprob_mismatch_mean": sums[4] / max(sums[5], 1),
             "queue_depth": max(s.get("queue_depth", 0) for s in stats),
             "policy_version": int(batch.policy_versions.max()),

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.helpers import read_metrics, run_function, train_job
-from titan_spec.rl.async_rl import last_version_sent, truncated_is_weights, weights_needed
+from titan_spec.rl.async_rl import syncs_sent, truncated_is_weights, weights_needed
 from titan_spec.rl.losses import grpo_loss
 
 ASYNC_FAST = [
@@ -46,7 +46,9 @@ def _rl(folder):
 def test_schedule():
     assert [weights_needed(s, 1) for s in range(1, 6)] == [0, 0, 1, 2, 3]
     assert [weights_needed(s, 0) for s in range(1, 4)] == [0, 1, 2]
-    assert last_version_sent(5, 1) == 3 and last_version_sent(5, 0) == 4
+    # the first sync, then one after each step whose version a later batch uses
+    assert syncs_sent(5, 1, "wait") == 4 and syncs_sent(5, 0, "wait") == 5
+    assert syncs_sent(5, 3, "drop") == 5 and syncs_sent(1, 0, "drop") == 1
 
 
 def test_is_weights_lag_zero_is_the_synchronous_loss():
@@ -69,22 +71,25 @@ def test_is_weights_lag_zero_is_the_synchronous_loss():
 
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize("rollout_tp", [1, 2], ids=["2 replicas", "1 replica tp=2"])
-def test_async_moe_config_runs_on_four_ranks(rollout_tp, tmp_path):
+@pytest.mark.parametrize("rollout_tp, policy", [(1, "wait"), (2, "wait"), (2, "drop")],
+                         ids=["2 replicas", "1 replica tp=2", "tp=2 drop"])
+def test_async_moe_config_runs_on_four_ranks(rollout_tp, policy, tmp_path):
     """The learner trains with EP; the rollout mesh generates with whole experts on two
-    replicas, or with every expert's columns split over a tp = 2 replica."""
+    replicas, or with every expert's columns split over a tp = 2 replica (whose ranks agree on
+    when to switch weights under the drop policy)."""
     run_function(4, _train, tmp_path, "debug_moe_async.toml",
                  [f"--job.dump_folder={tmp_path}", "--rl.steps=3",
-                  f"--parallelism.rollout.tp={rollout_tp}"])
+                  f"--parallelism.rollout.tp={rollout_tp}", f"--rl.stale_policy={policy}"])
     records = _rl(tmp_path)
     assert [r["step"] for r in records] == [3, 4, 5]
     for key in ("policy_lag_mean", "policy_lag_max", "is_weight_mean", "is_weight_max",
                 "time_waiting_for_rollout_s", "queue_depth", "acceptance_length",
                 "drafter_version", "weight_sync_bytes"):
         assert key in records[0], key
-    assert [r["policy_lag_max"] for r in records] == [0, 1, 1]
-    assert [r["policy_version"] for r in records] == [0, 0, 1]
     assert records[0]["is_weight_max"] == 1.0  # on-policy: exactly the synchronous loss
+    if policy == "wait":
+        assert [r["policy_lag_max"] for r in records] == [0, 1, 1]
+        assert [r["policy_version"] for r in records] == [0, 0, 1]
 
 
 @pytest.mark.distributed
@@ -122,3 +127,24 @@ def test_async_checkpoint_and_resume(tmp_path):
     assert [r["policy_version"] for r in records] == [0, 0, 2, 2]
     assert [r["policy_lag_max"] for r in records] == [0, 1, 0, 1]
     assert all(r["time_rollout_waiting_for_weights_s"] >= 0 for r in records)
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_drop_policy_never_trains_on_stale_groups(tmp_path):
+    """A slow learner and a rollout side that never waits: batches generated before the new
+    weights arrived come in too old and are dropped, the rest train within the bound, and the
+    run ends cleanly (every sync sent is received)."""
+    run_function(2, _train, tmp_path, "debug_model.toml",
+                 [f"--job.dump_folder={tmp_path}", "--parallelism.rollout.ranks=1",
+                  "--checkpoint.enable=false", "--rl.max_policy_lag=0",
+                  "--rl.stale_policy=drop", "--rl.steps=5"], 0.4, 0.0)
+    records = _rl(tmp_path)
+    assert len(records) == 5 and records[0]["dropped_fraction"] == 0.0
+    assert all(r["dropped_fraction"] in (0.0, 1.0) for r in records)  # one version per batch
+    assert any(r["dropped_fraction"] == 1.0 for r in records)
+    for r in records:
+        if r["dropped_fraction"] == 0.0:
+            assert r["policy_lag_max"] == 0 and "loss" in r
+        else:
+            assert r["policy_lag_max"] > 0 and "loss" not in r  # nothing left to train on

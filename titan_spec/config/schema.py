@@ -177,6 +177,12 @@ class RL:
         2.0, "Async RL: truncation of the per-token importance weight pi_learner / "
         "pi_behaviour for lagged samples (truncated IS)."
     )
+    stale_policy: str = opt(
+        "wait", "Async RL, groups older than max_policy_lag: the rollout side waits for the "
+        "version each batch needs, so none arise (wait); or it never waits for weights, "
+        "generating with the newest it has received, and the learner drops groups that arrive "
+        "too old (drop).", choices=("wait", "drop"),
+    )
 
 
 @dataclass

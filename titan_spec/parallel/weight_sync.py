@@ -47,6 +47,20 @@ def checksum(flat: torch.Tensor) -> torch.Tensor:
     return torch.tensor([zlib.crc32(data)], dtype=torch.int64, device=flat.device)
 
 
+def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[list]:
+    """Consecutive (name, full shape) runs of at most bucket_bytes in fp32 (a larger parameter
+    gets a bucket of its own): the one grouping both sides compute."""
+    groups, size = [], 0
+    for name, shape in shapes:
+        numel = torch.Size(shape).numel()
+        if not groups or (size + numel) * 4 > bucket_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, tuple(shape)))
+        size += numel
+    return groups
+
+
 def _full(param) -> torch.Tensor:
     return param.full_tensor() if isinstance(param, DTensor) else param.detach()
 
@@ -65,6 +79,7 @@ class WeightSync:
         self.source_rank, self.rollout_ranks = source_rank, list(rollout_ranks)
         self.bucket_bytes, self.staging_bytes = bucket_bytes, staging_bytes
         self._in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()
+        self._header = None  # a rollout rank's posted receive of the next header
         self.rollout_tp, self.rollout_tp_rank = rollout_tp, rollout_tp_rank
         self.n_kv_heads = n_kv_heads
         # new_group is collective over the default group: every rank builds it.
@@ -77,35 +92,26 @@ class WeightSync:
         return sorted(named.items())
 
     def send(self, model: nn.Module, version: int) -> SyncReport:
-        """Every learner rank calls this (the gathers are collective over the learner mesh)."""
-        start, sent, buckets = time.perf_counter(), 0, 0
-        pending: list[torch.Tensor] = []
-        pending_bytes = 0
-        for _, param in self._learner_params(model):
-            full = _full(param).float().reshape(-1)
-            if self.rank != self.source_rank:
-                continue
-            if pending and pending_bytes + full.numel() * 4 > self.bucket_bytes:
-                sent += self._broadcast(pending)
-                buckets += 1
-                pending, pending_bytes = [], 0
-            pending.append(full)
-            pending_bytes += full.numel() * 4
+        """Every learner rank calls this (the gathers are collective over the learner mesh).
+        The header (version, bucket count) goes first, so a rollout rank can poll for it."""
+        start, sent = time.perf_counter(), 0
+        params = dict(self._learner_params(model))
+        groups = bucket_groups([(name, p.shape) for name, p in params.items()],
+                               self.bucket_bytes)
         if self.rank == self.source_rank:
-            if pending:
-                sent += self._broadcast(pending)
-                buckets += 1
-            self._broadcast_header(version, buckets)
-        return SyncReport(version, sent, buckets, time.perf_counter() - start)
+            self._launch(torch.tensor([version, len(groups)], dtype=torch.int64,
+                                      device=self.device))
+        for group in groups:
+            fulls = [_full(params[name]).float().reshape(-1) for name, _ in group]
+            if self.rank == self.source_rank:
+                sent += self._broadcast(fulls)
+        return SyncReport(version, sent, len(groups), time.perf_counter() - start)
 
     def _broadcast(self, tensors: list[torch.Tensor]) -> int:
         bucket = torch.cat(tensors)
         self._launch(bucket)
         self._launch(checksum(bucket))
         return bucket.numel() * bucket.element_size()
-
-    def _broadcast_header(self, version: int, buckets: int) -> None:
-        self._launch(torch.tensor([version, buckets], dtype=torch.int64, device=self.device))
 
     def _launch(self, tensor: torch.Tensor) -> None:
         """Non-blocking broadcast from the source: the rollout side takes it between batches,
@@ -128,59 +134,69 @@ class WeightSync:
             work.wait()
 
     # ------------------------------------------------------------------ rollout side
-    def _slots(self, model: nn.Module, full_shapes: dict) -> list:
-        """(name, local parameter, full shape) in the agreed order."""
+    def _local_params(self, model: nn.Module, full_shapes: dict) -> dict:
         named = {canonical_name(n): p for n, p in model.named_parameters()}
         missing = sorted(set(full_shapes) ^ set(named))
         if missing:
             raise WeightSyncError(f"learner and rollout models hold different parameters: "
                                   f"{missing[:5]}")
-        return [(name, named[name], full_shapes[name]) for name in sorted(full_shapes)]
+        return named
+
+    def header_ready(self) -> bool:
+        """Rollout ranks, without blocking: has the next sync's header arrived? (Posts its
+        receive on first call; call only when a sync is still to come.)"""
+        if self._header is None:
+            buffer = torch.empty(2, dtype=torch.int64, device=self.device)
+            work = dist.broadcast(buffer, src=self.source_rank, group=self.group, async_op=True)
+            self._header = (work, buffer)
+        return self._header[0].is_completed()
+
+    def _take_header(self) -> torch.Tensor:
+        if self._header is None:
+            self.header_ready()
+        work, header = self._header
+        work.wait()
+        self._header = None
+        return header
 
     @torch.no_grad()
     def receive(self, model: nn.Module, full_shapes: dict) -> SyncReport:
-        """Rollout ranks: receive every bucket, verify it, copy this rank's part of each
-        parameter into `model`. full_shapes: canonical name -> full (learner) shape."""
-        start, received, buckets = time.perf_counter(), 0, 0
-        slots = self._slots(model, full_shapes)
-        index, damaged = 0, []
-        while index < len(slots):
-            group, numel = [], 0
-            while index < len(slots):
-                size = torch.Size(slots[index][2]).numel()
-                if group and (numel + size) * 4 > self.bucket_bytes:
-                    break
-                group.append(slots[index])
-                numel += size
-                index += 1
+        """Rollout ranks: wait for the next sync, receive every bucket, verify it, copy this
+        rank's part of each parameter into `model`. full_shapes: canonical name -> full
+        (learner) shape."""
+        start, received = time.perf_counter(), 0
+        named = self._local_params(model, full_shapes)
+        groups = bucket_groups(sorted(full_shapes.items()), self.bucket_bytes)
+        header = self._take_header()
+        if int(header[1]) != len(groups):
+            raise WeightSyncError(f"the learner sends {int(header[1])} buckets, this rank "
+                                  f"expects {len(groups)}: bucket_bytes differ between the sides.")
+        damaged = []
+        for index, group in enumerate(groups):
+            numel = sum(torch.Size(shape).numel() for _, shape in group)
             bucket = torch.empty(numel, dtype=torch.float32, device=self.device)
             dist.broadcast(bucket, src=self.source_rank, group=self.group)
             expected = torch.empty(1, dtype=torch.int64, device=self.device)
             dist.broadcast(expected, src=self.source_rank, group=self.group)
-            bucket = self.on_arrival(bucket, buckets)
+            bucket = self.on_arrival(bucket, index)
             if torch.equal(checksum(bucket), expected):
-                self._apply(bucket, group)
+                self._apply(bucket, group, named)
             else:
-                damaged.append(f"bucket {buckets} ({group[0][0]} .. {group[-1][0]})")
+                damaged.append(f"bucket {index} ({group[0][0]} .. {group[-1][0]})")
             received += bucket.numel() * 4
-            buckets += 1
-        header = torch.empty(2, dtype=torch.int64, device=self.device)
-        dist.broadcast(header, src=self.source_rank, group=self.group)
-        if int(header[1]) != buckets:
-            raise WeightSyncError(f"the learner sent {int(header[1])} buckets, this rank "
-                                  f"expected {buckets}: bucket_bytes differ between the sides.")
         if damaged:
             raise WeightSyncError(f"{', '.join(damaged)} failed the checksum on arrival and "
                                   "were not applied; the rollout weights are incomplete.")
-        return SyncReport(int(header[0]), received, buckets, time.perf_counter() - start)
+        return SyncReport(int(header[0]), received, len(groups), time.perf_counter() - start)
 
     def on_arrival(self, bucket: torch.Tensor, index: int) -> torch.Tensor:
         """Hook between arrival and verification (tests inject faults here)."""
         return bucket
 
-    def _apply(self, bucket: torch.Tensor, group: list) -> None:
+    def _apply(self, bucket: torch.Tensor, group: list, named: dict) -> None:
         offset = 0
-        for name, local, full_shape in group:
+        for name, full_shape in group:
+            local = named[name]
             size = torch.Size(full_shape).numel()
             full = rollout_slice(name, bucket[offset:offset + size].view(full_shape),
                                  self.rollout_tp, self.rollout_tp_rank, self.n_kv_heads)
