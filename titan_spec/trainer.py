@@ -152,6 +152,9 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
             cfg.rl.minibatches != 1,
         "drafter.adaptive needs rollout tp=1 (peers would choose different k).":
             cfg.drafter.adaptive and rollout.tp > 1,
+        "rl.inflight_weight_updates needs rl.stale_policy=drop (under wait the schedule fixes "
+        "the version of every batch).": cfg.rl.inflight_weight_updates
+        and cfg.rl.stale_policy == "wait",
     }
     for message, broken in limits.items():
         if broken:
@@ -161,6 +164,9 @@ def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
 
 def _preflight_rl(cfg, dims, args) -> None:
     rl, rollout = cfg.rl, cfg.parallelism.rollout
+    if not rollout.ranks and (rl.stale_policy != "wait" or rl.inflight_weight_updates):
+        raise ValueError("rl.stale_policy=drop and rl.inflight_weight_updates apply to async RL "
+                         "only: set parallelism.rollout.ranks > 0, or drop them.")
     generators = rollout.ranks // rollout.tp if rollout.ranks else dims.dp
     if rl.prompts_per_step % generators:
         who = "rollout replicas" if rollout.ranks else "data-parallel ranks"
@@ -786,6 +792,7 @@ class Trainer:
             "dropped_fraction": sums[6] / max(sums[1], 1),
             "logprob_mismatch_max": maxima[2], "logprob_mismatch_mean": sums[4] / max(sums[5], 1),
             "queue_depth": max(s.get("queue_depth", 0) for s in stats),
+            "weight_updates_in_batch": max(s["weight_updates_in_batch"] for s in stats),
             "policy_version": int(batch.policy_versions.max()),
             "drafter_version": int(batch.drafter_versions.max()),
             "drafter_collapsed": bool(collapsed),

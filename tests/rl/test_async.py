@@ -16,11 +16,21 @@ ASYNC_FAST = [
 ]
 
 
-def _train(rank, world_size, config, overrides, slow_learner_s=0.0, slow_rollout_s=0.0):
+def _train(rank, world_size, config, overrides, slow_learner_s=0.0, slow_rollout_s=0.0,
+           slow_iteration_s=0.0):
     import time
 
     from titan_spec.rl.async_rl import RolloutWorker
+    from titan_spec.rollout.engine import RolloutEngine
     from titan_spec.trainer import Trainer
+
+    if slow_iteration_s and rank == world_size - 1:  # the rollout rank decodes slowly
+        step = RolloutEngine._step
+
+        def slow_step(self, *args):
+            time.sleep(slow_iteration_s)
+            return step(self, *args)
+        RolloutEngine._step = slow_step
 
     if slow_rollout_s:
         generate = RolloutWorker.generate
@@ -148,3 +158,20 @@ def test_drop_policy_never_trains_on_stale_groups(tmp_path):
             assert r["policy_lag_max"] == 0 and "loss" in r
         else:
             assert r["policy_lag_max"] > 0 and "loss" not in r  # nothing left to train on
+
+
+@pytest.mark.distributed
+@pytest.mark.timeout(400)
+def test_inflight_weight_updates_switch_mid_batch(tmp_path):
+    """A slowly decoding rollout rank takes the learner's new weights between decode
+    iterations; batches are stamped with the version they started from, so the trained ones
+    stay within the lag bound."""
+    run_function(2, _train, tmp_path, "debug_model.toml",
+                 [f"--job.dump_folder={tmp_path}", "--parallelism.rollout.ranks=1",
+                  "--checkpoint.enable=false", "--rl.max_policy_lag=1",
+                  "--rl.stale_policy=drop", "--rl.inflight_weight_updates=true"],
+                 0.0, 0.0, 0.03)
+    records = _rl(tmp_path)
+    assert len(records) == 4
+    assert any(r["weight_updates_in_batch"] > 0 for r in records)
+    assert all(r["policy_lag_max"] <= 1 or r["dropped_fraction"] == 1.0 for r in records)

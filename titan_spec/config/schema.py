@@ -183,6 +183,11 @@ class RL:
         "generating with the newest it has received, and the learner drops groups that arrive "
         "too old (drop).", choices=("wait", "drop"),
     )
+    inflight_weight_updates: bool = opt(
+        False, "Async RL with stale_policy=drop: also take new weights between decode "
+        "iterations, mid-batch (tokens already in the KV cache stay; each later token is "
+        "sampled from the new weights). A batch counts as the version it started from."
+    )
 
 
 @dataclass

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -79,7 +80,11 @@ class RolloutEngine:
     # ---------------------------------------------------------------- public API
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
-                 group_ids: list | None = None) -> list[Completion]:
+                 group_ids: list | None = None,
+                 between_iterations: Callable[[], None] | None = None) -> list[Completion]:
+        """between_iterations: called between decode iterations; it may update the target's
+        and drafter's weights in place (async RL's in-flight updates). Tokens already in the
+        KV cache stay; each new token is still sampled exactly from the current target."""
         self._check_prompts(prompt_token_ids, group_ids)
         base_seed = params.seed if params.seed is not None else int(
             torch.randint(0, 2**31, (1,)))
@@ -102,6 +107,8 @@ class RolloutEngine:
         start = time.perf_counter()
         try:
             while queue or any(slots):
+                if between_iterations is not None and stats["iterations"]:
+                    between_iterations()
                 self._admit(queue, slots, prompt_token_ids, group_ids, params, base_seed)
                 active = [i for i, seq in enumerate(slots) if seq is not None]
                 self._step(active, slots, params, stats)
