@@ -274,10 +274,18 @@ class Trainer:
         on_rollout = self.rollout_dims.contains(self.env.rank)
         tp_rank = self.rollout_dims.mesh("tp").get_local_rank() if on_rollout and tp > 1 else 0
         n_kv_heads = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor).n_kv_heads
-        device = self.env.device
+        device, fanout, staging = self.env.device, None, 2 << 30
+        if self.cfg.rl.stale_policy == "drop":
+            # A replica blocked on its bounded queue takes no sync until the learner takes its
+            # batch: so no replica may relay another's buckets (one broadcast per replica), and
+            # the learner must never wait for buckets to be taken (unbounded staging).
+            fanout = [rollout_ranks[i:i + tp] for i in range(0, len(rollout_ranks), tp)]
+            staging = None
         self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
-                                      n_kv_heads=n_kv_heads, device=device)
-        self.drafter_sync = WeightSync(0, rollout_ranks, device=device)  # drafters: held whole
+                                      n_kv_heads=n_kv_heads, device=device, fanout=fanout,
+                                      staging_bytes=staging)
+        self.drafter_sync = WeightSync(0, rollout_ranks, device=device, fanout=fanout,
+                                       staging_bytes=staging)  # drafters: held whole
 
     def _init_rollout_rank(self) -> None:
         from titan_spec.rl.async_rl import RolloutWorker

@@ -69,9 +69,9 @@ def _train_experts_split_on_hidden(rank, world_size, overrides):
 
     choose, placements = fsdp._expert_placement, []
 
-    def forced(local_experts, shards):
-        placement = choose(0, shards)
-        placements.append(placement(torch.empty(4, 128, 128)))
+    def forced(experts, local_experts, shards):
+        placement = choose(experts, 1, shards)  # as if the experts did not divide
+        placements.append([placement(p).dim for p in (experts.w1, experts.w3, experts.w2)])
         return placement
     fsdp._expert_placement = forced
     return dict(run_trainer("debug_moe.toml", overrides), placements=placements)
@@ -83,8 +83,7 @@ def test_experts_sharded_on_hidden_dim_match_single_process(tmp_path):
         "--training.grad_accum_steps=4"])
     result = run_function(4, _train_experts_split_on_hidden, tmp_path, STEPS + [
         "--parallelism.ep=2", "--parallelism.dp_shard=4", f"--job.dump_folder={tmp_path}"])
-    assert len(result["placements"]) == 4  # one per MoE block, each off dim 0
-    assert all(placement.dim != 0 for placement in result["placements"])
+    assert result["placements"] == [[2, 2, 1]] * 4  # w1, w3, w2 of each block: expert hidden
     _assert_parity(result, reference)
 
 

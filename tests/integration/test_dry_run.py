@@ -30,7 +30,7 @@ def _hand_learner_layer0(dp_shard: int, ep: int) -> int:
     # experts: EP first (experts / ep), then FSDP over the ranks ep leaves (dp_shard / ep); with
     # fewer local experts than those ranks, FSDP splits the expert hidden dim (1536 / 24) instead
     local, shards = EXPERTS // ep, dp_shard // ep
-    if local >= shards:
+    if local % shards == 0:
         experts = 3 * _rank0_rows(local, shards) * DIM * MOE_HIDDEN
     else:
         assert MOE_HIDDEN % shards == 0 and DIM % shards

@@ -19,15 +19,17 @@ def _sum_gradients(module: FSDPModule) -> None:
     module.set_force_sum_reduction_for_comms(True)
 
 
-def _expert_placement(local_experts: int, shards: int):
-    """Shard experts on dim 0 while every rank gets whole experts. With fewer local experts
-    than shard ranks (235B: 16 over 24) dim 0 would leave ranks empty, so shard a dim that
-    splits evenly (FSDP2 allows uneven splits on dim 0 only): in practice the expert hidden."""
-    if local_experts >= shards:
+def _expert_placement(experts: nn.Module, local_experts: int, shards: int):
+    """Shard experts on dim 0 when every rank gets the same number of whole experts. Otherwise
+    (235B: 16 local experts over 24 ranks) dim-0 chunks would leave ranks empty, so shard the
+    expert hidden dim (w1 / w3 [E, dim, hidden]: 2, w2 [E, hidden, dim]: 1), or failing that
+    another dim that splits evenly: FSDP2 allows uneven splits on dim 0 only."""
+    if local_experts % shards == 0:
         return None
+    hidden = {id(experts.w1): 2, id(experts.w3): 2, id(experts.w2): 1}
 
     def placement(param) -> Shard:
-        for dim in (1, 2):
+        for dim in (hidden.get(id(param), 1), 1, 2):
             if param.shape[dim] % shards == 0:
                 return Shard(dim)
         return Shard(0)
@@ -45,9 +47,10 @@ def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: 
         if hasattr(inner, "moe") and parallel_dims.ep > 1:
             expert_mesh = parallel_dims.expert_fsdp_mesh()
             local_experts = model.args.num_experts // parallel_dims.ep
+            placement = _expert_placement(inner.moe.experts, local_experts,
+                                          expert_mesh.size(-1))
             experts = fully_shard(inner.moe.experts, mesh=expert_mesh, mp_policy=policy,
-                                  shard_placement_fn=_expert_placement(local_experts,
-                                                                       expert_mesh.size(-1)))
+                                  shard_placement_fn=placement)
             sharded.append(experts)
         sharded.append(fully_shard(block, mesh=mesh, mp_policy=policy))
     # The root keeps embedding, final norm and head; no reshard after forward since backward

@@ -70,21 +70,29 @@ class WeightSync:
 
     def __init__(self, source_rank: int, rollout_ranks: list[int], bucket_bytes: int = 64 << 20,
                  rollout_tp: int = 1, rollout_tp_rank: int = 0, n_kv_heads: int = 1,
-                 staging_bytes: int = 2 << 30, device: torch.device | str = "cpu"):
+                 staging_bytes: int | None = 2 << 30, device: torch.device | str = "cpu",
+                 fanout: list[list[int]] | None = None):
         """n_kv_heads: the model's, for the KV-head copies of a rollout tp above it.
         staging_bytes: buckets the source may have sent but not yet seen received; the send
-        returns at once while they fit, and waits for the rollout side beyond that.
+        returns at once while they fit, and waits for the rollout side beyond that (None: it
+        never waits).
+        fanout: the rollout ranks split into parts that each get their own broadcast, so that
+        no rollout rank relays buckets to another part (default: one broadcast to all).
         device: where the buckets travel from and to (the ranks' CUDA device under NCCL)."""
         self.device = torch.device(device)
         self.source_rank, self.rollout_ranks = source_rank, list(rollout_ranks)
-        self.bucket_bytes, self.staging_bytes = bucket_bytes, staging_bytes
+        self.bucket_bytes = bucket_bytes
+        self.staging_bytes = float("inf") if staging_bytes is None else staging_bytes
         self._in_flight: deque[tuple[dist.Work, torch.Tensor]] = deque()
         self._header = None  # a rollout rank's posted receive of the next header
         self.rollout_tp, self.rollout_tp_rank = rollout_tp, rollout_tp_rank
         self.n_kv_heads = n_kv_heads
-        # new_group is collective over the default group: every rank builds it.
-        self.group = dist.new_group([source_rank] + self.rollout_ranks)
+        # new_group is collective over the default group: every rank builds every one.
+        parts = fanout or [self.rollout_ranks]
+        self.groups = [dist.new_group([source_rank] + part) for part in parts]
         self.rank = dist.get_rank()
+        mine = [group for group, part in zip(self.groups, parts, strict=True) if self.rank in part]
+        self.group = mine[0] if mine else None  # a rollout rank's broadcast
 
     # ------------------------------------------------------------------ learner side
     def _learner_params(self, model: nn.Module) -> list[tuple[str, object]]:
@@ -121,11 +129,12 @@ class WeightSync:
         while self._in_flight and self._staged() + tensor.nbytes > self.staging_bytes:
             work, _ = self._in_flight.popleft()
             work.wait()
-        work = dist.broadcast(tensor, src=self.source_rank, group=self.group, async_op=True)
-        self._in_flight.append((work, tensor))
+        for group in self.groups:
+            work = dist.broadcast(tensor, src=self.source_rank, group=group, async_op=True)
+            self._in_flight.append((work, tensor))
 
     def _staged(self) -> int:
-        return sum(tensor.nbytes for _, tensor in self._in_flight)
+        return sum({id(tensor): tensor.nbytes for _, tensor in self._in_flight}.values())
 
     def wait(self) -> None:
         """Until the rollout side has received everything sent (call before shutting down)."""

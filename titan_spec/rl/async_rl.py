@@ -44,6 +44,8 @@ def syncs_sent(total_steps: int, max_lag: int, stale_policy: str) -> int:
     """Weight syncs the learner sends in a run of total_steps batches: the first (before step
     1), then one after each step whose version a later batch can still use. Under "wait" batch
     s uses exactly version s - 1 - max_lag; under "drop" any later batch may take the newest."""
+    if total_steps <= 0:  # e.g. resumed from the run's last checkpoint: nothing is sent
+        return 0
     return 1 + weights_needed(total_steps, max_lag if stale_policy == "wait" else 0)
 
 
@@ -131,7 +133,8 @@ class RolloutWorker:
 
     def _sync_arrived(self) -> bool:
         """Without blocking: has the next sync arrived on every rank of this replica?"""
-        ready = torch.tensor([int(self.policy_sync.header_ready())])
+        ready = torch.tensor([int(self.policy_sync.header_ready())],
+                             device=self.trainer.env.device)
         if self.tp_group is not None:  # peers must switch weights together
             dist.all_reduce(ready, op=dist.ReduceOp.MIN, group=self.tp_group)
         return bool(ready.item())
