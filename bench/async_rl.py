@@ -10,7 +10,11 @@ the same RL steps from the same SFT checkpoint of the 25M policy, with the same 
                     rollout rank works on batch s + 1 while the learner trains on batch s
   async_speculative the same with the draft model
 end_to_end_speedup = RL wall time of sync_plain / RL wall time of the arm (larger is better);
-steady_state_speedup leaves out the first `--skip` steps (pipeline fill, warm-up).
+steady_state_speedup leaves out the first `--skip` steps (pipeline fill, warm-up);
+per_token_speedup compares generated tokens per second of RL wall time (the arms draw different
+samples, so their lengths differ a little). The four arms run in turn `--repeats` times (this
+machine's speed drifts by 20% over minutes), each ratio is taken within a repeat, and the
+reported figures are the medians over repeats.
 
 Where the time goes: a sync step is rollout + logprob + train (+ gather); an async step is the
 longer of the learner's work and the rollout rank's generation, because the two overlap. On
@@ -27,6 +31,7 @@ import argparse
 import logging
 import tempfile
 from pathlib import Path
+from statistics import median
 
 import torch
 
@@ -40,7 +45,7 @@ ASYNC_KEYS = ("time_waiting_for_rollout_s", "time_logprob_s", "time_train_s", "t
               "time_rollout_waiting_for_weights_s")
 
 
-def summarise(folder: Path, skip: int, is_async: bool) -> dict:
+def summarise(folder: Path, skip: int, is_async: bool, samples_per_step: int) -> dict:
     records = read_records(folder, "rl")
     wall = read_records(folder, "rl_total")[-1]["wall_s"]
     timed = records[skip:]
@@ -51,6 +56,9 @@ def summarise(folder: Path, skip: int, is_async: bool) -> dict:
         "breakdown_s": {key: round(sum(r.get(key, 0.0) for r in timed), 3) for key in keys},
         "reward": [r["reward_mean"] for r in records],
         "acceptance_length": sum(r["acceptance_length"] for r in records) / len(records),
+        # Arms draw different samples; their lengths say whether the work was the same.
+        "generated_tokens": round(sum(r["response_len_mean"] for r in records)
+                                  * samples_per_step),
     }
     if is_async:
         summary["policy_lag_max"] = max(r["policy_lag_max"] for r in records)
@@ -66,6 +74,17 @@ def summarise(folder: Path, skip: int, is_async: bool) -> dict:
     return summary
 
 
+def add_speedups(results: dict) -> None:
+    """Ratios against sync_plain of the same repeat; per token corrects for different lengths."""
+    base = results["sync_plain"]
+    for name, arm in results.items():
+        if name != "sync_plain":
+            arm["end_to_end_speedup"] = base["rl_wall_s"] / arm["rl_wall_s"]
+            arm["steady_state_speedup"] = base["steady_state_s"] / arm["steady_state_s"]
+            arm["per_token_speedup"] = (arm["generated_tokens"] / arm["rl_wall_s"]) / (
+                base["generated_tokens"] / base["rl_wall_s"])
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the results here")
@@ -78,6 +97,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--max-lag", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs of all four arms; the ratios reported are their median")
     args = parser.parse_args(argv)
     if args.skip >= args.steps:
         parser.error(f"--skip {args.skip} leaves no timed step of --steps {args.steps}")
@@ -88,16 +109,18 @@ def main(argv=None) -> dict:
     asynchronous = ["--parallelism.rollout.ranks=1", f"--rl.max_policy_lag={args.max_lag}"]
     arms = {"sync_plain": plain, "sync_speculative": speculative,
             "async_plain": asynchronous + plain, "async_speculative": asynchronous + speculative}
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="async_rl_") as tmp:
-        for name, extra in arms.items():
-            run_arm(name, common + extra, Path(tmp), 2)
-            results[name] = summarise(Path(tmp) / name, args.skip, name.startswith("async"))
-    base = results["sync_plain"]
-    for name, arm in results.items():
-        if name != "sync_plain":
-            arm["end_to_end_speedup"] = base["rl_wall_s"] / arm["rl_wall_s"]
-            arm["steady_state_speedup"] = base["steady_state_s"] / arm["steady_state_s"]
+    runs = []
+    for repeat in range(args.repeats):  # arms interleaved, so a slow spell hits every arm
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="async_rl_") as tmp:
+            for name, extra in arms.items():
+                run_arm(name, common + extra, Path(tmp), 2)
+                results[name] = summarise(Path(tmp) / name, args.skip,
+                                          name.startswith("async"), args.prompts * args.group)
+        add_speedups(results)
+        runs.append(results)
+        log.info("repeat %d: %s", repeat, {name: round(arm.get("end_to_end_speedup", 1.0), 3)
+                                           for name, arm in results.items()})
     result = {
         "config": {"policy": args.flavor, "params": target.args.num_params(), "ranks": 2,
                    "sync_layout": "2 ranks, FSDP2, each generates half the groups",
@@ -106,9 +129,13 @@ def main(argv=None) -> dict:
                    "decode_slots_per_generating_rank": args.batch, "k": args.k,
                    "max_policy_lag": args.max_lag, "steps": args.steps,
                    "steady_state_steps": args.steps - args.skip, "temperature": 1.0},
-        "end_to_end_speedup": {name: results[name]["end_to_end_speedup"]
-                               for name in arms if name != "sync_plain"},
-        "arms": results,
+        "repeats": args.repeats,
+        **{key: {name: median(run[name][key] for run in runs) for name in arms
+                 if name != "sync_plain"}
+           for key in ("end_to_end_speedup", "steady_state_speedup", "per_token_speedup")},
+        "end_to_end_speedup_each_repeat": {name: [run[name]["end_to_end_speedup"] for run in runs]
+                                           for name in arms if name != "sync_plain"},
+        "runs": runs,
     }
     return report(result, args.json)
 
