@@ -281,6 +281,11 @@ class Trainer:
             # the learner must never wait for buckets to be taken (unbounded staging).
             fanout = [rollout_ranks[i:i + tp] for i in range(0, len(rollout_ranks), tp)]
             staging = None
+            if self.env.rank == 0:
+                copy = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor)
+                log.warning("rl.stale_policy=drop: learner rank 0 holds every weight sync not "
+                            "yet taken, up to about max_policy_lag + 2 fp32 copies of the "
+                            "policy (%.1f GiB each)", copy.num_params() * 4 / 2**30)
         self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
                                       n_kv_heads=n_kv_heads, device=device, fanout=fanout,
                                       staging_bytes=staging)
@@ -791,7 +796,9 @@ class Trainer:
             # The rollout side's idle time before this batch (waiting for the learner).
             "time_rollout_waiting_for_weights_s": max(s["time_waiting_for_weights_s"]
                                                       for s in stats),
-            "rollout_tokens_per_s": tokens / max(max(s["time_s"] for s in stats), 1e-9),
+            "time_rollout_inflight_weights_s": max(s["time_inflight_weights_s"] for s in stats),
+            "rollout_tokens_per_s": tokens / max(max(s["time_s"] - s["time_inflight_weights_s"]
+                                                     for s in stats), 1e-9),
             "acceptance_length": tokens / max(sum(s["sequence_steps"] for s in stats), 1),
             "acceptance_rate_per_position": rates,
             "policy_lag_mean": sums[0] / max(sums[1], 1), "policy_lag_max": int(maxima[0]),

@@ -149,9 +149,11 @@ class RolloutWorker:
         return taken
 
     def _between_iterations(self) -> None:
-        """In-flight updates (rl.inflight_weight_updates): switch weights mid-batch."""
-        start = time.perf_counter()
+        """In-flight updates (rl.inflight_weight_updates): switch weights mid-batch. Their time
+        is its own figure, neither idle time before the batch nor generation."""
+        waited, start = self.time_waiting_for_weights, time.perf_counter()
         self.batch_updates += self._take_arrived_syncs()
+        self.time_waiting_for_weights = waited
         self.time_inflight += time.perf_counter() - start
 
     def run(self, first_step: int, total_steps: int) -> None:
@@ -200,6 +202,7 @@ class RolloutWorker:
                                       self._between_iterations if inflight else None)
         rewards = trainer._rewards(problems, completions)
         stats = dict(engine.last_stats, weight_updates_in_batch=self.batch_updates,
+                     time_inflight_weights_s=self.time_inflight,
                      time_generate_s=time.perf_counter() - start - self.time_inflight)
         return RolloutBatchMessage(step, first_version, first_drafter, prompts,
                                    [c.token_ids for c in completions],
