@@ -273,7 +273,7 @@ class Trainer:
         tp = self.cfg.parallelism.rollout.tp
         on_rollout = self.rollout_dims.contains(self.env.rank)
         tp_rank = self.rollout_dims.mesh("tp").get_local_rank() if on_rollout and tp > 1 else 0
-        n_kv_heads = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor).n_kv_heads
+        args = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor)
         device, fanout, staging = self.env.device, None, 2 << 30
         if self.cfg.rl.stale_policy == "drop":
             # A replica blocked on its bounded queue takes no sync until the learner takes its
@@ -282,12 +282,11 @@ class Trainer:
             fanout = [rollout_ranks[i:i + tp] for i in range(0, len(rollout_ranks), tp)]
             staging = None
             if self.env.rank == 0:
-                copy = get_model_spec(self.cfg.model.name).args(self.cfg.model.flavor)
                 log.warning("rl.stale_policy=drop: learner rank 0 holds every weight sync not "
                             "yet taken, up to about max_policy_lag + 2 fp32 copies of the "
-                            "policy (%.1f GiB each)", copy.num_params() * 4 / 2**30)
+                            "policy (%.1f GiB each)", args.num_params() * 4 / 2**30)
         self.policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
-                                      n_kv_heads=n_kv_heads, device=device, fanout=fanout,
+                                      n_kv_heads=args.n_kv_heads, device=device, fanout=fanout,
                                       staging_bytes=staging)
         self.drafter_sync = WeightSync(0, rollout_ranks, device=device, fanout=fanout,
                                        staging_bytes=staging)  # drafters: held whole

@@ -61,6 +61,11 @@ def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[li
     return groups
 
 
+def _canonical_params(model: nn.Module) -> dict:
+    """Parameters by the name both sides agree on (FSDP / checkpoint wrappers stripped)."""
+    return {canonical_name(n): p for n, p in model.named_parameters()}
+
+
 def _full(param) -> torch.Tensor:
     return param.full_tensor() if isinstance(param, DTensor) else param.detach()
 
@@ -95,15 +100,11 @@ class WeightSync:
         self.group = mine[0] if mine else None  # a rollout rank's broadcast
 
     # ------------------------------------------------------------------ learner side
-    def _learner_params(self, model: nn.Module) -> list[tuple[str, object]]:
-        named = {canonical_name(n): p for n, p in model.named_parameters()}
-        return sorted(named.items())
-
     def send(self, model: nn.Module, version: int) -> SyncReport:
         """Every learner rank calls this (the gathers are collective over the learner mesh).
         The header (version, bucket count) goes first, so a rollout rank can poll for it."""
         start, sent = time.perf_counter(), 0
-        params = dict(self._learner_params(model))
+        params = dict(sorted(_canonical_params(model).items()))
         groups = bucket_groups([(name, p.shape) for name, p in params.items()],
                                self.bucket_bytes)
         if self.rank == self.source_rank:
@@ -144,7 +145,7 @@ class WeightSync:
 
     # ------------------------------------------------------------------ rollout side
     def _local_params(self, model: nn.Module, full_shapes: dict) -> dict:
-        named = {canonical_name(n): p for n, p in model.named_parameters()}
+        named = _canonical_params(model)
         missing = sorted(set(full_shapes) ^ set(named))
         if missing:
             raise WeightSyncError(f"learner and rollout models hold different parameters: "

@@ -23,15 +23,12 @@ the version it started from, the oldest it may contain."""
 
 from __future__ import annotations
 
-import logging
 import pickle
 import time
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-
-log = logging.getLogger("titan_spec")
 
 
 def weights_needed(step: int, max_lag: int) -> int:
