@@ -128,3 +128,52 @@ def train_job(config: str, overrides: list[str]) -> bool:
     finally:
         trainer.close()
     return True
+
+
+# Keys whose values depend on the machine's speed or load, never compared to a golden run.
+_VOLATILE_SUFFIXES = ("_s", "_per_s", "memory_gib")
+_VOLATILE_KEYS = {"queue_depth"}
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+def stable_metrics(records: list[dict]) -> list[dict]:
+    """metrics.jsonl records without timings (what a refactor must keep bit for bit)."""
+    return [{k: v for k, v in r.items()
+             if k not in _VOLATILE_KEYS and not k.endswith(_VOLATILE_SUFFIXES)} for r in records]
+
+
+def _close(expected, actual, path: str, rel: float, errors: list) -> None:
+    if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            _close(e, a, f"{path}[{i}]", rel, errors)
+    elif isinstance(expected, float) and isinstance(actual, (int, float)) \
+            and not isinstance(actual, bool):
+        if abs(expected - actual) > rel * max(abs(expected), abs(actual), 1e-6):
+            errors.append(f"{path}: golden {expected!r}, now {actual!r}")
+    elif expected != actual:
+        errors.append(f"{path}: golden {expected!r}, now {actual!r}")
+
+
+def check_golden(name: str, records: list[dict], rel: float = 1e-5) -> None:
+    """Compare a run's stable metrics with tests/golden/<name>.json key by key (floats within
+    `rel`; keys the golden run did not have are allowed). TITAN_SPEC_WRITE_GOLDEN=1 rewrites the file instead: do that only for a change
+    that is meant to alter the numbers, and say so in the commit."""
+    path = GOLDEN_DIR / f"{name}.json"
+    stable = stable_metrics(records)
+    if os.environ.get("TITAN_SPEC_WRITE_GOLDEN") == "1":
+        path.write_text(json.dumps(stable, indent=1) + "\n")
+        return
+    golden = json.loads(path.read_text())
+    errors = []
+    if len(golden) != len(stable):
+        errors.append(f"{len(stable)} records, golden has {len(golden)}: "
+                      f"{[(r['phase'], r['step']) for r in stable]}")
+    for i, (expected, actual) in enumerate(zip(golden, stable)):
+        where = f"record {i} ({expected.get('phase')} step {expected.get('step')})"
+        # New keys may appear (a metric added on purpose); every golden key must stay.
+        missing = sorted(set(expected) - set(actual))
+        if missing:
+            errors.append(f"{where}: keys gone: {missing}")
+        for key in set(expected) & set(actual):
+            _close(expected[key], actual[key], f"{where} {key}", rel, errors)
+    assert not errors, "metrics differ from " + str(path) + ":\n" + "\n".join(errors[:20])
