@@ -41,8 +41,8 @@ log = logging.getLogger("bench.async_rl")
 SYNC_KEYS = ("time_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
              "time_gather_s", "step_time_s")
 ASYNC_KEYS = ("time_waiting_for_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
-              "time_weight_sync_s", "step_time_s", "time_rollout_s",
-              "time_rollout_waiting_for_weights_s")
+              "time_weight_sync_s", "step_time_s", "rollout_side_generate_s",
+              "rollout_side_waiting_for_weights_s")
 
 
 def summarise(folder: Path, skip: int, is_async: bool, samples_per_step: int) -> dict:
@@ -63,7 +63,7 @@ def summarise(folder: Path, skip: int, is_async: bool, samples_per_step: int) ->
     if is_async:
         summary["policy_lag_max"] = max(r["policy_lag_max"] for r in records)
         summary["is_weight_max"] = max(r["is_weight_max"] for r in records)
-        generate = summary["breakdown_s"]["time_rollout_s"]
+        generate = summary["breakdown_s"]["rollout_side_generate_s"]
         waited = summary["breakdown_s"]["time_waiting_for_rollout_s"]
         # Generation the learner did not wait for: the part async hid behind training.
         summary["rollout_hidden_fraction"] = max(0.0, 1 - waited / max(generate, 1e-9))

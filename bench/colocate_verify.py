@@ -1,6 +1,6 @@
 """Time one verify step (k+1 positions at a given decode batch, KV cache) of an FSDP2-sharded
 learner three ways, on N gloo ranks: through the FSDP2 module (parameters re-gathered every
-forward), through the colocated hook-free view (parallel/colocate.py), and through a plain
+forward), through the colocated hook-free view (parallel/verifier.py), and through a plain
 module holding the same weights. The view should cost what the plain module costs."""
 
 from __future__ import annotations
@@ -46,19 +46,20 @@ def _worker(rank, world, port, flavor, batch, k, steps, out):
     dist.init_process_group("gloo")
     from titan_spec.config.schema import Parallelism
     from titan_spec.models import build_model, get_model_spec
-    from titan_spec.parallel.colocate import colocated_policy
-    from titan_spec.parallel.init import materialize_and_init
+    from titan_spec.models.init import materialize_and_init
     from titan_spec.parallel.parallel_dims import ParallelDims
+    from titan_spec.parallel.plans import parallelize
+    from titan_spec.parallel.verifier import colocated_verifier
 
     cfg = Parallelism(dp_shard=world)
     dims = ParallelDims.from_config(cfg, world)
     dims.build_meshes("cpu")
     spec = get_model_spec("qwen3")
     learner = build_model("qwen3", flavor, device="meta")
-    spec.parallelize(learner, dims, cfg, "cpu")
+    parallelize("qwen3", learner, dims, cfg, "cpu")
     materialize_and_init(learner, torch.device("cpu"), seed=0)
     result = {"fsdp_module_ms": 1e3 * _time_steps(learner, batch, k, max(3, steps // 4))}
-    with colocated_policy(learner, dims, spec.builder) as view:
+    with colocated_verifier(learner, dims, spec.builder) as view:
         result["colocated_view_ms"] = 1e3 * _time_steps(view, batch, k, steps)
     plain = build_model("qwen3", flavor, seed=0).eval()
     result["plain_module_ms"] = 1e3 * _time_steps(plain, batch, k, steps)

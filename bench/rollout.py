@@ -35,7 +35,8 @@ log = logging.getLogger("bench.rollout")
 
 def trained_target(flavor: str, steps: int, seed: int, threads: int):
     """SFT the target with the real trainer (one process), or load the cached result."""
-    from titan_spec.trainer import Trainer
+    from titan_spec.job import build_rank
+    from titan_spec.runtime import close_distributed
 
     folder = CACHE / f"target-{flavor}-{steps}-{seed}"
     cfg = load_config("debug_model.toml", [
@@ -45,11 +46,11 @@ def trained_target(flavor: str, steps: int, seed: int, threads: int):
         "--drafter.kind=none",
         "--metrics.enable_tensorboard=false", f"--training.threads_per_rank={threads}",
     ])
-    trainer = Trainer(cfg)
-    trainer.train()  # resumes from the cached checkpoint: nothing left to train
-    model = trainer.model.eval()
-    trainer.close()
-    return model
+    _, job = build_rank(cfg)
+    job.run()  # resumes from the cached checkpoint: nothing left to train
+    job.close()
+    close_distributed()
+    return job.learner.model.eval()
 
 
 def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict):
@@ -112,7 +113,7 @@ def run_one(target, make_drafter, k, adaptive, prompts, groups, batch_size, para
     return {"tokens": tokens, "time_s": elapsed, "tokens_per_s": tokens / elapsed,
             "acceptance_length": stats["acceptance_length"],
             "time_draft_s": stats["time_draft_s"], "time_verify_s": stats["time_verify_s"],
-            "chosen_k": (engine.policy.chosen if engine.policy else None)}
+            "chosen_k": (engine.adaptive_k.chosen if engine.adaptive_k else None)}
 
 
 def main(argv=None) -> dict:

@@ -1,24 +1,39 @@
-"""Shared test helpers: run the real Trainer in-process or in N spawned gloo ranks."""
+"""Shared test helpers: run the real job (titan_spec.job) in-process or in N spawned gloo ranks."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
-import sys
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
-# Small, fast settings shared by parity and checkpoint tests.
+from titan_spec.runtime import close_distributed, exit_now
+
+# Small, fast settings shared by parity and checkpoint tests (SFT only, no evals).
 FAST = [
     "--training.global_batch_size=8",
     "--training.seq_len=64",
     "--task.max_digits=2",
     "--metrics.enable_tensorboard=false",
     "--lr_scheduler.warmup_steps=2",
+    "--sft.eval_problems=0",
+    "--rl.steps=0",
 ]
+
+# The RL job shortened: 3 SFT steps, 2 GRPO steps of 4 prompts x 2 samples.
+RL_FAST = [
+    "--sft.steps=3", "--sft.eval_problems=0", "--rl.steps=2", "--rl.prompts_per_step=4",
+    "--rl.group_size=2", "--rl.eval_problems=4", "--rollout.max_new_tokens=12",
+    "--rollout.max_batch_size=4", "--drafter.warmup_steps=2", "--training.seq_len=64",
+    "--task.max_digits=2", "--metrics.enable_tensorboard=false", "--checkpoint.interval=1000",
+]
+
+
+class _Stopped(Exception):
+    """Raised after the checkpoint of step `stop_at`, as a crash would end the run there."""
 
 
 def free_port() -> int:
@@ -27,57 +42,69 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stop_after_save(job, stop_at: int) -> None:
+    save = job.maybe_save
+
+    def maybe_save_then_stop(last_step):
+        save(last_step)
+        if job.state.step == stop_at:
+            raise _Stopped
+    job.maybe_save = maybe_save_then_stop
+
+
 def run_trainer(config: str, overrides: list[str], out_file: str | None = None,
                 stop_at: int | None = None) -> dict:
-    """Train in this process; return {'losses': [...], 'grad_norms': [...], 'weights': {...}}.
-    `stop_at` ends the run early after that step's checkpoint, as a crash would."""
+    """Run the job's SFT phase in this process (its real loop, save path and metrics); return
+    this run's {'losses', 'grad_norms', 'steps'} from metrics.jsonl and the full 'weights'.
+    `stop_at` ends the run right after that step's checkpoint, as a crash would."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from titan_spec.config import load_config
-    from titan_spec.trainer import Trainer
+    from titan_spec.job import build_rank
 
-    trainer = Trainer(load_config(config, FAST + list(overrides)))
-    records = []
+    cfg = load_config(config, FAST + list(overrides))
+    env, job = build_rank(cfg)
+    first = job.state.step
+    if stop_at is not None:
+        _stop_after_save(job, stop_at)
     try:
-        while trainer.step < trainer.cfg.sft.steps:
-            trainer.step += 1
-            records.append(trainer.train_step(trainer.step))
-            ckpt = trainer.cfg.checkpoint
-            if ckpt.enable and (trainer.step % ckpt.interval == 0):
-                trainer.checkpoint.save(trainer.step, {"data_position": trainer.step})
-            if trainer.step == stop_at:
-                break
-        weights = get_model_state_dict(
-            trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        job.run()
+    except _Stopped:
+        pass
     finally:
-        rank = trainer.env.rank
-        trainer.close()
-    result = {"losses": [r["loss"] for r in records],
-              "grad_norms": [r["grad_norm"] for r in records],
-              "steps": [r["step"] for r in records],
-              "weights": {k: v.clone() for k, v in weights.items()}}
-    if out_file is not None and rank == 0:
-        torch.save(result, out_file)
+        job.close()
+    weights = get_model_state_dict(
+        job.learner.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    close_distributed()
+    result = {"weights": {k: v.clone() for k, v in weights.items()}}
+    if env.is_main:
+        records = [r for r in read_metrics(cfg.job.dump_folder)
+                   if r["phase"] == "sft" and r["step"] > first]
+        records = records[-(job.state.step - first):] if job.state.step > first else []
+        result.update(losses=[r["loss"] for r in records],
+                      grad_norms=[r["grad_norm"] for r in records],
+                      steps=[r["step"] for r in records])
+        if out_file is not None:
+            torch.save(result, out_file)
     return result
 
 
-def _worker(rank, world_size, port, config, overrides, out_file, stop_at):
+def _env(rank: int, world_size: int, port: int) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _worker(rank, world_size, port, config, overrides, out_file, stop_at):
+    _env(rank, world_size, port)
     run_trainer(config, overrides, out_file, stop_at)
-    # The work is done and the process group destroyed; skip interpreter teardown, where a
-    # gloo background thread can still be joinable and abort the process ('terminate called
-    # without an active exception'), which spawn would report as a failed rank.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_now(0)
 
 
 def run_distributed(world_size: int, config: str, overrides: list[str], tmp_path: Path,
                     stop_at: int | None = None) -> dict:
-    """Run the Trainer on `world_size` spawned gloo ranks; return rank 0's result."""
+    """run_trainer on `world_size` spawned gloo ranks; return rank 0's result."""
     out_file = str(tmp_path / f"result-{free_port()}.pt")
     mp.start_processes(_worker, args=(world_size, free_port(), config, list(overrides), out_file,
                                           stop_at),
@@ -90,22 +117,15 @@ def read_metrics(folder) -> list[dict]:
 
 
 def _function_worker(rank, world_size, port, fn, args, out_file):
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    _env(rank, world_size, port)
     import torch.distributed as dist
 
-    torch.set_num_threads(1)
     dist.init_process_group("gloo")
     result = fn(rank, world_size, *args)
     if rank == 0:
         torch.save(result, out_file)
-    if dist.is_initialized():  # fn may have closed it (Trainer.close)
-        dist.barrier()
-        dist.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    close_distributed()  # a no-op when fn closed it (a whole job does)
+    exit_now(0)
 
 
 def run_function(world_size: int, fn, tmp_path: Path, *args):
@@ -117,17 +137,17 @@ def run_function(world_size: int, fn, tmp_path: Path, *args):
     return torch.load(out_file, weights_only=False)
 
 
-def train_job(config: str, overrides: list[str]) -> bool:
-    """The whole job (SFT, drafter warm-up, RL) in this process, as run_train.sh would."""
+def train_job(config: str, overrides: list[str]) -> None:
+    """The whole job (SFT, drafter warm-up, RL) on this rank, as run_train.sh would run it."""
     from titan_spec.config import load_config
-    from titan_spec.trainer import Trainer
+    from titan_spec.job import build_rank
 
-    trainer = Trainer(load_config(config, list(overrides)))
+    _, role = build_rank(load_config(config, list(overrides)))
     try:
-        trainer.train()
+        role.run()
     finally:
-        trainer.close()
-    return True
+        role.close()
+        close_distributed()
 
 
 # Keys whose values depend on the machine's speed or load, never compared to a golden run.
@@ -154,26 +174,31 @@ def _close(expected, actual, path: str, rel: float, errors: list) -> None:
         errors.append(f"{path}: golden {expected!r}, now {actual!r}")
 
 
-def check_golden(name: str, records: list[dict], rel: float = 1e-5) -> None:
-    """Compare a run's stable metrics with tests/golden/<name>.json key by key (floats within
-    `rel`; keys the golden run did not have are allowed). TITAN_SPEC_WRITE_GOLDEN=1 rewrites the file instead: do that only for a change
-    that is meant to alter the numbers, and say so in the commit."""
-    path = GOLDEN_DIR / f"{name}.json"
-    stable = stable_metrics(records)
-    if os.environ.get("TITAN_SPEC_WRITE_GOLDEN") == "1":
-        path.write_text(json.dumps(stable, indent=1) + "\n")
-        return
-    golden = json.loads(path.read_text())
+def compare_records(expected_records: list[dict], records: list[dict], rel: float = 1e-5):
+    """-> the differences between two runs' stable metrics, key by key (floats within `rel`;
+    keys only the second run has are allowed: a metric added on purpose)."""
+    expected_records, records = stable_metrics(expected_records), stable_metrics(records)
     errors = []
-    if len(golden) != len(stable):
-        errors.append(f"{len(stable)} records, golden has {len(golden)}: "
-                      f"{[(r['phase'], r['step']) for r in stable]}")
-    for i, (expected, actual) in enumerate(zip(golden, stable)):
+    if len(expected_records) != len(records):
+        errors.append(f"{len(records)} records, expected {len(expected_records)}: "
+                      f"{[(r['phase'], r['step']) for r in records]}")
+    for i, (expected, actual) in enumerate(zip(expected_records, records, strict=False)):
         where = f"record {i} ({expected.get('phase')} step {expected.get('step')})"
-        # New keys may appear (a metric added on purpose); every golden key must stay.
         missing = sorted(set(expected) - set(actual))
         if missing:
             errors.append(f"{where}: keys gone: {missing}")
-        for key in set(expected) & set(actual):
+        for key in sorted(set(expected) & set(actual)):
             _close(expected[key], actual[key], f"{where} {key}", rel, errors)
-    assert not errors, "metrics differ from " + str(path) + ":\n" + "\n".join(errors[:20])
+    return errors
+
+
+def check_golden(name: str, records: list[dict], rel: float = 1e-5) -> None:
+    """Compare a run's stable metrics with tests/golden/<name>.json (compare_records).
+    TITAN_SPEC_WRITE_GOLDEN=1 rewrites the file instead: do that only for a change meant to
+    alter the numbers, and say so in the commit."""
+    path = GOLDEN_DIR / f"{name}.json"
+    if os.environ.get("TITAN_SPEC_WRITE_GOLDEN") == "1":
+        path.write_text(json.dumps(stable_metrics(records), indent=1) + "\n")
+        return
+    errors = compare_records(json.loads(path.read_text()), records, rel)
+    assert not errors, f"metrics differ from {path}:\n" + "\n".join(errors[:20])

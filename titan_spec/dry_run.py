@@ -31,11 +31,12 @@ def _local_numel(param) -> int:
 
 
 def learner_plan(cfg, dims) -> dict:
-    from titan_spec.models import build_model, get_model_spec
-    from titan_spec.parallel.init import canonical_name
+    from titan_spec.models import build_model
+    from titan_spec.models.init import canonical_name
+    from titan_spec.parallel.plans import parallelize
 
     model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
-    get_model_spec(cfg.model.name).parallelize(model, dims, cfg.parallelism, "cpu")
+    parallelize(cfg.model.name, model, dims, cfg.parallelism, "cpu")
     local = {canonical_name(n): _local_numel(p) for n, p in model.named_parameters()}
     numel = sum(local.values())
     return {"local_numel": local, "params_gib": numel * 4 / GIB, "grads_gib": numel * 4 / GIB,
@@ -64,7 +65,7 @@ def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
 
 def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
     from titan_spec.parallel.parallel_dims import ParallelDims
-    from titan_spec.trainer import split_world
+    from titan_spec.preflight import split_world
 
     _fake_world(world_size)
     if cfg.parallelism.rollout.ranks:

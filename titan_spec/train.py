@@ -1,4 +1,4 @@
-"""Entry point: parse config -> Trainer -> train().
+"""Entry point: parse the config -> preflight / dry run -> this rank's role -> run -> teardown.
 
     python -m titan_spec.train --config debug_model.toml [--section.key=value ...]
     python -m titan_spec.train --config ... --preflight --world-size N   (checks only)
@@ -25,6 +25,25 @@ def _setup_logging(log_all_ranks: bool) -> None:
                         stream=sys.stdout, force=True)
 
 
+def _plan_only(cfg, args) -> int | None:
+    """The dry run and the launcher's preflight: an exit code, or None to train."""
+    from titan_spec.preflight import preflight
+
+    if cfg.job.dry_run:
+        from titan_spec import dry_run
+
+        world = dry_run.world_size_for(cfg, args.world_size)
+        preflight(cfg, world)
+        fits = dry_run.main(cfg, world) == 0
+        if args.preflight:
+            return 3 if fits else 4
+        return 0 if fits else 1
+    if args.preflight:
+        preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+        return 0
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan_spec.train", allow_abbrev=False)
     parser.add_argument("--config", "--job.config_file", dest="config", default=None,
@@ -36,37 +55,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, overrides)
         _setup_logging(cfg.metrics.log_all_ranks)
-        from titan_spec.trainer import Trainer, preflight
+        code = _plan_only(cfg, args)
+        if code is not None:
+            return code
+        from titan_spec.job import build_rank
 
-        if cfg.job.dry_run:
-            from titan_spec import dry_run
-
-            world = dry_run.world_size_for(cfg, args.world_size)
-            preflight(cfg, world)
-            fits = dry_run.main(cfg, world) == 0
-            if args.preflight:
-                return 3 if fits else 4
-            return 0 if fits else 1
-        if args.preflight:
-            preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
-            return 0
-        trainer = Trainer(cfg)
+        env, role = build_rank(cfg)
     except ValueError as err:  # ConfigError, bad layout, bad checkpoint: the user's to fix
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"titan-spec: {kind}: {err}", file=sys.stderr)
         return 2
+    from titan_spec.runtime import close_distributed, exit_now
+
     try:
-        trainer.train()
+        role.run()
     finally:
-        trainer.close()
-    if trainer.env.world_size > 1:
-        # Training is complete and the process group destroyed. Skip interpreter teardown: a
-        # gloo background thread can still be joinable there and abort the process ('terminate
-        # called without an active exception'), turning a finished run into a failed rank.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        role.close()
+        close_distributed()
+    if env.world_size > 1:
+        exit_now(0)
     return 0
 
 

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from titan_spec.rl.summary import step_spans
+
 
 def read_records(path: Path) -> list[dict]:
     if not path.is_file():
@@ -57,7 +59,7 @@ def plot(records: list[dict], out: Path) -> Path:
                                  for r in rates], label=f"draft position {position}")
         axes[2].set_ylim(0, 1.05)
         axes[2].set_title("acceptance rate per position")
-        parts = ("time_rollout_s", "time_logprob_s", "time_train_s")
+        parts = step_spans(rl[0])
         bottom = [0.0] * len(rl)
         for key in parts:
             values = [r[key] for r in rl]

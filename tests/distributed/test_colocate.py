@@ -13,22 +13,23 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
 def _learner(flavor, parallelism, world_size):
     from titan_spec.config.schema import Parallelism
     from titan_spec.models import build_model, get_model_spec
-    from titan_spec.parallel.init import materialize_and_init
+    from titan_spec.models.init import materialize_and_init
     from titan_spec.parallel.parallel_dims import ParallelDims
+    from titan_spec.parallel.plans import parallelize
 
     cfg = Parallelism(**parallelism)
     dims = ParallelDims.from_config(cfg, world_size)
     dims.build_meshes("cpu")
     model = build_model("qwen3", flavor, device="meta")
     spec = get_model_spec("qwen3")
-    spec.parallelize(model, dims, cfg, "cpu")
+    parallelize("qwen3", model, dims, cfg, "cpu")
     materialize_and_init(model, torch.device("cpu"), seed=3)
     return model, dims, spec
 
 
 def _view_vs_plain(rank, world_size, flavor, parallelism):
     from titan_spec.models import build_model
-    from titan_spec.parallel.colocate import colocated_policy
+    from titan_spec.parallel.verifier import colocated_verifier
     from titan_spec.rollout.engine import RolloutEngine
     from titan_spec.rollout.sampling import SamplingParams
 
@@ -41,7 +42,7 @@ def _view_vs_plain(rank, world_size, flavor, parallelism):
         expected = plain(tokens)
         expected_rollout = RolloutEngine(plain, max_batch_size=2, max_seq_len=64).generate(
             prompts, greedy)
-        with colocated_policy(model, dims, spec.builder) as view:
+        with colocated_verifier(model, dims, spec.builder) as view:
             hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks)
                         for m in view.modules())
             logits = view(tokens)

@@ -23,9 +23,9 @@ def _dims(degrees: dict, world: int, first: int):
 def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, corrupt):
     from titan_spec.config.schema import Parallelism
     from titan_spec.models import build_model, get_model_spec
-    from titan_spec.parallel.colocate import build_rollout_model
-    from titan_spec.parallel.init import canonical_name, materialize_and_init
-    from titan_spec.parallel.rollout_layout import rollout_slice
+    from titan_spec.models.init import canonical_name, materialize_and_init
+    from titan_spec.parallel.plans import parallelize
+    from titan_spec.parallel.rollout_layout import build_rollout_model, rollout_slice
     from titan_spec.parallel.weight_sync import WeightSync, WeightSyncError
 
     rollout_ranks = list(range(learner_world, world_size))
@@ -48,7 +48,7 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
                     rollout_tp_rank=tp_rank, n_kv_heads=n_kv_heads)
     if rank < learner_world:
         model = build_model("qwen3", flavor, device="meta")
-        spec.parallelize(model, learner_dims, Parallelism(**learner_degrees), "cpu")
+        parallelize("qwen3", model, learner_dims, Parallelism(**learner_degrees), "cpu")
         materialize_and_init(model, torch.device("cpu"), seed=7)
         report = sync.send(model, version=3)
         sync.wait()
@@ -76,7 +76,7 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
 
 
 def _untouched(rollout, before):
-    from titan_spec.parallel.init import canonical_name
+    from titan_spec.models.init import canonical_name
 
     return [n for n, p in rollout.named_parameters() if torch.equal(p, before[canonical_name(n)])]
 

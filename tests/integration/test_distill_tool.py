@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import run_trainer
+from tests.helpers import RL_FAST, read_metrics, run_trainer, train_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,13 +28,11 @@ def test_distill_tool_end_to_end(tmp_path, kind):
     assert report["kind"] == kind and report["acceptance_length"] >= 1.0
     assert torch.load(out, weights_only=True)
     # The tool's output warm-starts the RL job's drafter in place of the distillation.
-    from tests.helpers import read_metrics
-    from tests.rl.test_rl_trainer import _train
-
     rl_folder = tmp_path / "rl"
     layers = ["--drafter.draft_layers=2"] if kind == "draft_model" else []
-    _train(0, 1, [f"--job.dump_folder={rl_folder}", f"--drafter.kind={kind}",
-                  f"--drafter.init_from={out}", "--rl.steps=1", *layers])
+    train_job("debug_model.toml", RL_FAST + [f"--job.dump_folder={rl_folder}",
+                                             f"--drafter.kind={kind}", f"--drafter.init_from={out}",
+                                             "--rl.steps=1", *layers])
     phases = [r["phase"] for r in read_metrics(rl_folder)]
     assert "rl" in phases and "drafter_warmup" not in phases
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.kernels.stats import P_VALUE_FLOOR, chi_square_p_value
+from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.kernels.rejection_reference import rejection_sample_reference
 from titan_spec.kernels.rejection_sampler import draw_random, rejection_sample
 from titan_spec.rollout.sampling import SamplingParams, process_logits

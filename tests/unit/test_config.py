@@ -2,12 +2,18 @@ import pytest
 
 from titan_spec.config import ConfigError, load_config, to_toml
 from titan_spec.config.loader import CONFIG_DIR
-from titan_spec.trainer import preflight
+from titan_spec.preflight import preflight
+
+# Each shipped config and the world size it is written for (README "Configs").
+SHIPPED = {"debug_model.toml": 2, "debug_moe.toml": 2, "debug_moe_async.toml": 4,
+           "235b_moe_async.toml": 256}
 
 
-def test_every_shipped_config_loads():
-    for path in CONFIG_DIR.glob("*.toml"):
-        load_config(str(path))
+def test_every_shipped_config_passes_preflight_at_its_world_size():
+    assert sorted(p.name for p in CONFIG_DIR.glob("*.toml")) == sorted(SHIPPED)
+    for name, world_size in SHIPPED.items():
+        dims = preflight(load_config(name), world_size)
+        assert dims.world_size <= world_size, name
 
 
 def test_round_trip(tmp_path):
@@ -105,7 +111,7 @@ def test_readme_config_reference_is_current():
 
 
 def test_rollout_mesh_split_errors():
-    from titan_spec.trainer import preflight, split_world
+    from titan_spec.preflight import preflight, split_world
 
     def check(world, overrides, message):
         cfg = load_config("debug_model.toml", overrides)
@@ -125,3 +131,16 @@ def test_rollout_mesh_split_errors():
     cfg = load_config(None, ["--parallelism.rollout.ranks=2", "--parallelism.rollout.tp=2"])
     learner, rollout = split_world(cfg.parallelism, 6)
     assert (learner.world_size, learner.dp_shard, rollout.first_rank, rollout.tp) == (4, 4, 4, 2)
+
+
+def test_rl_config_errors():
+    with pytest.raises(ConfigError, match="group_size"):
+        load_config("debug_model.toml", ["--rl.group_size=1"])
+    with pytest.raises(ConfigError, match="drafter.adaptive"):
+        load_config("debug_model.toml", ["--drafter.adaptive=true", "--parallelism.tp=2"])
+    with pytest.raises(ValueError, match="divisible by the 2 data-parallel"):
+        preflight(load_config("debug_model.toml", ["--rl.prompts_per_step=3"]), 2)
+    with pytest.raises(ValueError, match="temperature"):
+        preflight(load_config("debug_model.toml", ["--rollout.temperature=0"]), 1)
+    with pytest.raises(ValueError, match="minibatches"):
+        preflight(load_config("debug_model.toml", ["--rl.minibatches=3"]), 2)

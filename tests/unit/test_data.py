@@ -51,14 +51,14 @@ def test_sft_batches_are_deterministic_and_masked():
     tok = CharTokenizer()
     source = SFTDataSource(ArithmeticTask(1, 3), tok, global_batch_size=4, seq_len=64, seed=5)
     a, b = source.global_batch(3), source.global_batch(3)
-    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.loss_mask, b.loss_mask)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.mask, b.mask)
     assert not torch.equal(a.inputs, source.global_batch(4).inputs)
     row = a.inputs[0].tolist()
     prompt_end = row.index(tok.encode("=")[0])  # '=' closes the prompt
     # The first supervised label is the first solution token; prompt labels are unsupervised.
-    assert a.loss_mask[0, :prompt_end].sum() == 0 and a.loss_mask[0, prompt_end] == 1
-    last = int(a.loss_mask[0].nonzero().max())
-    assert a.labels[0, last] == tok.eos_id
+    assert a.mask[0, :prompt_end].sum() == 0 and a.mask[0, prompt_end] == 1
+    last = int(a.mask[0].nonzero().max())
+    assert a.targets[0, last] == tok.eos_id
 
 
 def test_sft_sample_longer_than_seq_len_is_an_error():

@@ -90,8 +90,9 @@ def _dist() -> bool:
 class CheckpointManager:
     def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
                  world_size: int, extra: dict | None = None, group=None):
-        """extra: name -> (module, optimizer) saved next to the model (e.g. the drafter);
-        a checkpoint without them (an SFT-only run) still loads, reporting what it had.
+        """extra: name -> (module, optimizer or None) saved next to the model (the drafter,
+        the KL reference); a checkpoint without them (an SFT-only run) still loads, reporting
+        what it had.
         group: the ranks that hold the model (the learner's in async RL; None: every rank);
         rank and world_size are positions in it, and rank 0 of it writes the metadata."""
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
@@ -103,27 +104,31 @@ class CheckpointManager:
         if _dist():
             dist.barrier(group=self.group)
 
-    def _state(self, extras=None) -> dict:
+    def _state(self, extras) -> dict:
         state = {"model": get_model_state_dict(self.model),
                  "optim": get_optimizer_state_dict(self.model, self.optimizer)}
-        for name in self.extra if extras is None else extras:
+        for name in extras:
             module, optimizer = self.extra[name]
             state[name] = get_model_state_dict(module)
-            state[f"{name}_optim"] = get_optimizer_state_dict(module, optimizer)
+            if optimizer is not None:
+                state[f"{name}_optim"] = get_optimizer_state_dict(module, optimizer)
         return state
 
     def _saved_extras(self, path: Path) -> list[str]:
         keys = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
         return [name for name in self.extra if any(k.startswith(f"{name}.") for k in keys)]
 
-    def save(self, step: int, train_state: dict) -> Path:
+    def save(self, step: int, train_state: dict, skip: tuple = ()) -> Path:
+        """skip: extra entries that hold nothing worth saving yet (e.g. a KL reference before
+        RL has started)."""
         final = self.folder / f"step-{step}"
         tmp = self.folder / f"step-{step}.tmp"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         self._barrier()
-        dcp.save(self._state(), checkpoint_id=str(tmp), process_group=self.group)
+        extras = [name for name in self.extra if name not in skip]
+        dcp.save(self._state(extras), checkpoint_id=str(tmp), process_group=self.group)
         torch.save({"cpu": torch.get_rng_state(), "world_size": self.world_size},
                    tmp / f"rng_rank{self.rank}.pt")
         self._barrier()
@@ -175,7 +180,8 @@ class CheckpointManager:
             for name in extras:
                 module, optimizer = self.extra[name]
                 set_model_state_dict(module, state[name])
-                set_optimizer_state_dict(module, optimizer, state[f"{name}_optim"])
+                if optimizer is not None:
+                    set_optimizer_state_dict(module, optimizer, state[f"{name}_optim"])
         except (Exception, CheckpointException) as err:  # DCP wraps per-rank tracebacks
             cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [repr(err)]
             raise CheckpointError(

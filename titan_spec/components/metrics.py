@@ -9,11 +9,38 @@ import math
 import os
 import resource
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger("titan_spec")
+
+
+class StepTimer:
+    """Named, non-overlapping spans of one step, reported as `time_<name>_s`, and the step's
+    wall time as `step_time_s`. Every declared span is reported (0.0 when it did not run), so
+    all records of a driver have the same keys."""
+
+    def __init__(self, *declared: str):
+        self.start = time.perf_counter()
+        self.seconds = dict.fromkeys(declared, 0.0)
+
+    @contextmanager
+    def span(self, name: str):
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - begin
+
+    def add(self, name: str, seconds: float) -> None:
+        """A span measured elsewhere (e.g. inside a component that reports its own time)."""
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    def record(self) -> dict:
+        spans = {f"time_{name}_s": value for name, value in self.seconds.items()}
+        return dict(spans, step_time_s=time.perf_counter() - self.start)
 
 
 def memory_gib(device: torch.device) -> float:

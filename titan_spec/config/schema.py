@@ -5,7 +5,7 @@ before it spawns any worker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 def opt(default, help: str, choices: tuple | None = None):
@@ -275,23 +275,6 @@ class Metrics:
     log_all_ranks: bool = opt(False, "Print console logs from every rank, not only rank 0.")
 
 
-TABLES: dict[str, type] = {
-    "job": Job,
-    "model": Model,
-    "parallelism": Parallelism,
-    "training": Training,
-    "task": Task,
-    "sft": SFT,
-    "rl": RL,
-    "rollout": Rollout,
-    "drafter": Drafter,
-    "optimizer": Optimizer,
-    "lr_scheduler": LRScheduler,
-    "checkpoint": Checkpoint,
-    "metrics": Metrics,
-}
-
-
 @dataclass
 class JobConfig:
     job: Job = field(default_factory=Job)
@@ -307,3 +290,7 @@ class JobConfig:
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     metrics: Metrics = field(default_factory=Metrics)
+
+
+# Table name -> its dataclass, in file order (the loader's and the reference's view).
+TABLES: dict[str, type] = {f.name: f.default_factory for f in fields(JobConfig)}

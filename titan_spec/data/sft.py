@@ -15,11 +15,27 @@ from .tokenizer import encode_prompt
 @dataclass
 class Batch:
     inputs: torch.Tensor  # [B, L] token ids
-    labels: torch.Tensor  # [B, L] next-token targets
-    loss_mask: torch.Tensor  # [B, L] 1.0 where the label is a completion token
+    targets: torch.Tensor  # [B, L] next-token targets
+    mask: torch.Tensor  # [B, L] 1.0 where the target is a completion token
 
     def slice(self, start: int, stop: int) -> "Batch":
-        return Batch(self.inputs[start:stop], self.labels[start:stop], self.loss_mask[start:stop])
+        return Batch(self.inputs[start:stop], self.targets[start:stop], self.mask[start:stop])
+
+
+def shift_and_mask(sequences: list[list[int]], prompt_lens: list[int], pad_id: int):
+    """Prompt + completion token lists -> inputs, targets, mask, each [N, L] with L = longest
+    sequence - 1: the model reads tokens[:-1], is scored on tokens[1:], and the mask is 1 where
+    the target is a completion token. SFT batches and RL rollout batches are both built here."""
+    width = max(len(ids) for ids in sequences) - 1
+    inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    targets = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width))
+    for row, (ids, prompt_len) in enumerate(zip(sequences, prompt_lens, strict=True)):
+        tokens = torch.tensor(ids)
+        inputs[row, : len(ids) - 1] = tokens[:-1]
+        targets[row, : len(ids) - 1] = tokens[1:]
+        mask[row, prompt_len - 1 : len(ids) - 1] = 1.0
+    return inputs, targets, mask
 
 
 class SFTDataSource:
@@ -45,14 +61,5 @@ class SFTDataSource:
     def global_batch(self, step: int) -> Batch:
         rng = random.Random(f"sft:{self.seed}:{step}")
         samples = [self._encode(self.task.sample(rng)) for _ in range(self.global_batch_size)]
-        width = max(len(ids) for ids, _ in samples) - 1
-        pad = self.tokenizer.pad_id
-        inputs = torch.full((len(samples), width), pad, dtype=torch.long)
-        labels = torch.full((len(samples), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(samples), width))
-        for row, (ids, prompt_len) in enumerate(samples):
-            seq = torch.tensor(ids)
-            inputs[row, : len(ids) - 1] = seq[:-1]
-            labels[row, : len(ids) - 1] = seq[1:]
-            mask[row, prompt_len - 1 : len(ids) - 1] = 1.0
-        return Batch(inputs, labels, mask)
+        return Batch(*shift_and_mask([ids for ids, _ in samples], [n for _, n in samples],
+                                     self.tokenizer.pad_id))

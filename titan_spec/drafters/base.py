@@ -4,26 +4,10 @@ them with one target forward. Drafters with a KV cache manage it per engine slot
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
+from titan_spec.rollout.draft_request import DraftRequest  # noqa: F401  (the protocol's input)
 from titan_spec.rollout.kv_cache import KVCache, prefill_batch
-
-
-@dataclass
-class DraftRequest:
-    """What a drafter sees each iteration (one row per running sequence)."""
-
-    slots: list[int]  # engine slot of each row
-    sequences: list[list[int]]  # committed tokens (prompt + generated) of each row
-    group_ids: list  # GRPO group of each row (rows of one prompt share it)
-    k: int  # tokens to propose per row
-    params: object  # SamplingParams: drafters sample from the same processed distribution
-    generators: list[torch.Generator]  # per-row draft random stream
-    vocab_size: int
-    device: torch.device
-    extras: dict = field(default_factory=dict)
 
 
 class Drafter:

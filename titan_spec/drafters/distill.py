@@ -78,7 +78,7 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
 
     def loss_at(step):
         batch = data.global_batch(step)
-        inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
+        inputs, mask = batch.inputs.to(device), batch.mask.to(device)
         with torch.no_grad():
             target_probs = F.softmax(target(inputs)[..., :vocab].float(), dim=-1)
         return draft_model_loss(draft, inputs, mask, target_probs, vocab)
@@ -103,7 +103,7 @@ def distill_heads(target, heads, task, tokenizer, steps: int, batch_size: int = 
 
     def loss_at(step):
         batch = data.global_batch(step)
-        inputs, mask = batch.inputs.to(device), batch.loss_mask.to(device)
+        inputs, mask = batch.inputs.to(device), batch.mask.to(device)
         with torch.no_grad():
             logits, hidden = target(inputs, return_hidden=True)
             target_probs = F.softmax(logits[..., :vocab].float(), dim=-1)

@@ -22,7 +22,6 @@ class OnlineDrafter:
         self.trainable, self.cfg, self.dp_group = trainable, cfg, dp_group
         self.params = [p for p in trainable.module.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
-        self.version = 0  # online updates applied since the warm start
         self._loss_sum = None
 
     def begin(self) -> None:
@@ -56,7 +55,6 @@ class OnlineDrafter:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.trainable.module.eval()
-        self.version += 1
         return {"drafter_loss": float(loss), "drafter_grad_norm": float(grad_norm)}
 
 

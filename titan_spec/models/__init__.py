@@ -16,7 +16,7 @@ def build_model(name: str, flavor: str, *, device="cpu", seed: int = 0, **overri
         model = spec.builder(args)
     if str(device) == "meta":
         return model
-    from titan_spec.parallel.init import materialize_and_init
+    from titan_spec.models.init import materialize_and_init
 
     return materialize_and_init(model, torch.device(device), seed)
 

@@ -56,7 +56,7 @@ class DraftHead(nn.Module):
 
 def build_draft_head(target_args: Qwen3Args, seed: int = 0, device="cpu") -> DraftHead:
     """A head shaped like one dense block of the target (MoE targets get a dense block)."""
-    from titan_spec.parallel.init import materialize_and_init
+    from titan_spec.models.init import materialize_and_init
 
     args = target_args.with_overrides(n_layers=1, num_experts=0, top_k=0, moe_hidden_dim=0)
     with torch.device("meta"):

@@ -1,4 +1,5 @@
-"""TrainSpec-style registry: model name -> flavors, builder, parallelize fn, HF adapter."""
+"""TrainSpec-style registry: model name -> flavors, builder, HF adapter. (Its parallelize
+function is registered on the parallel side: titan_spec/parallel/plans.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ class ModelSpec:
     name: str
     flavors: dict
     builder: Callable  # args -> nn.Module (plain, no parallelism)
-    parallelize: Callable  # (model, parallel_dims, parallelism_cfg, device_type) -> model
     from_hf: Callable  # (hf_state_dict, args) -> our state dict
     to_hf: Callable  # (our state dict, args) -> hf_state_dict
 

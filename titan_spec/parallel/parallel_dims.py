@@ -78,8 +78,25 @@ class ParallelDims:
         return self.dp_replicate * self.dp_shard
 
     @property
-    def fsdp_enabled(self) -> bool:
+    def dp_enabled(self) -> bool:
+        """More than one data-parallel rank: gradients, metrics and shares need the dp group."""
         return self.dp > 1
+
+    @property
+    def tp_enabled(self) -> bool:
+        return self.tp > 1
+
+    @property
+    def ep_enabled(self) -> bool:
+        return self.ep > 1
+
+    def dp_group(self):
+        """The data-parallel process group, or None when there is one data-parallel rank
+        (then no collective is needed, and a single-process run builds no mesh at all)."""
+        return self.mesh("dp").get_group() if self.dp_enabled else None
+
+    def tp_group(self):
+        return self.mesh("tp").get_group() if self.tp_enabled else None
 
     def build_meshes(self, device_type: str) -> None:
         from torch.distributed.device_mesh import init_device_mesh
@@ -145,7 +162,10 @@ class ParallelDims:
         return self.mesh("dp_shard_mod_ep")
 
     def dp_rank(self) -> int:
-        return self.mesh("dp").get_local_rank()
+        return self.mesh("dp").get_local_rank() if self.dp_enabled else 0
+
+    def tp_rank(self) -> int:
+        return self.mesh("tp").get_local_rank() if self.tp_enabled else 0
 
     def contains(self, rank: int) -> bool:
         return self.first_rank <= rank < self.first_rank + self.world_size

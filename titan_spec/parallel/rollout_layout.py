@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from titan_spec.models.qwen3.moe import GroupedExperts
+
+from .tensor_parallel import swap_row_parallel
 
 # Parameter-name suffix -> the dim a rollout tp rank slices (absent: held whole).
 _SLICE_DIM = {
@@ -95,3 +98,20 @@ def split_experts(module, group) -> None:
             num_experts, dim, hidden = moe.experts.w1.shape
             with torch.device("meta"):
                 moe.experts = TensorParallelExperts(num_experts, dim, hidden, group)
+
+
+def build_rollout_model(builder, args, device, tp: int = 1, tp_group=None) -> nn.Module:
+    """An empty inference module in the rollout layout (whole, or this tp rank's slice:
+    parallel/rollout_layout.py); weight_sync fills it."""
+    with torch.device("meta"):
+        module = builder(rollout_local_args(args, tp))
+    if tp > 1:
+        split_experts(module, tp_group)
+    module.to_empty(device=device)
+    module.tie_weights()
+    module.init_buffers(device)
+    if tp > 1:
+        swap_row_parallel(module, tp_group)
+    for param in module.parameters():
+        param.requires_grad_(False)
+    return module.eval()

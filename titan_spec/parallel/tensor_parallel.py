@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import Replicate
 from torch.distributed.tensor.parallel import (
@@ -91,7 +92,41 @@ def reduce_partial_grads(model: nn.Module) -> None:
 def partial_params(model: nn.Module) -> list:
     """The q/k-norm weights recorded at plan time, looked up again by name: FSDP2 swaps
     parameter objects after the TP plan is applied."""
-    from .init import canonical_name
+    from titan_spec.models.init import canonical_name
 
     suffixes = ("attention.q_norm.weight", "attention.k_norm.weight")
     return [p for n, p in model.named_parameters() if canonical_name(n).endswith(suffixes)]
+
+
+class RowParallelLinear(nn.Module):
+    """y = x W_local^T summed over tp ranks (the local input holds this rank's columns)."""
+
+    def __init__(self, weight: torch.Tensor, group):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.group = group
+
+    def forward(self, x):
+        out = F.linear(x, self.weight)
+        dist.all_reduce(out, group=self.group)
+        return out
+
+
+def swap_row_parallel(module: nn.Module, tp_group) -> None:
+    """Replace the row-parallel projections of a plain module holding one tp rank's slice by
+    modules that all-reduce their outputs (inference: the verifier view, rollout replicas)."""
+    for block in module.layers.values():
+        for path in ROW_PARALLEL:
+            if not _has(block, path):
+                continue
+            owner_path, _, attr = path.rpartition(".")
+            owner = block.get_submodule(owner_path)
+            setattr(owner, attr, RowParallelLinear(getattr(owner, attr).weight, tp_group))
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+        return True
+    except AttributeError:
+        return False

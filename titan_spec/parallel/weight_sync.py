@@ -24,7 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from .init import canonical_name
+from titan_spec.models.init import canonical_name
+
 from .rollout_layout import rollout_slice
 
 
@@ -70,13 +71,17 @@ def _full(param) -> torch.Tensor:
     return param.full_tensor() if isinstance(param, DTensor) else param.detach()
 
 
+# Buckets the learner may have sent but not yet seen received before a send waits.
+DEFAULT_STAGING_BYTES = 2 << 30
+
+
 class WeightSync:
     """One sync group: the learner's first rank (source) and every rollout rank."""
 
     def __init__(self, source_rank: int, rollout_ranks: list[int], bucket_bytes: int = 64 << 20,
                  rollout_tp: int = 1, rollout_tp_rank: int = 0, n_kv_heads: int = 1,
-                 staging_bytes: int | None = 2 << 30, device: torch.device | str = "cpu",
-                 fanout: list[list[int]] | None = None):
+                 staging_bytes: int | None = DEFAULT_STAGING_BYTES,
+                 device: torch.device | str = "cpu", fanout: list[list[int]] | None = None):
         """n_kv_heads: the model's, for the KV-head copies of a rollout tp above it.
         staging_bytes: buckets the source may have sent but not yet seen received; the send
         returns at once while they fit, and waits for the rollout side beyond that (None: it

@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from titan_spec.data.sft import shift_and_mask
 from titan_spec.rollout.sampling import token_logprobs
 
 
@@ -34,34 +35,20 @@ class RolloutBatch:
 
 def assemble(prompts: list[list[int]], completions, pad_id: int, device) -> tuple:
     """-> inputs, targets, mask, behaviour_logprobs, each [N, L] with L = longest sample - 1."""
-    width = max(len(p) + len(c.token_ids) for p, c in zip(prompts, completions, strict=True)) - 1
-    count = len(prompts)
-    inputs = torch.full((count, width), pad_id, dtype=torch.long)
-    targets = torch.full((count, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((count, width))
-    behaviour = torch.zeros((count, width))
+    sequences = [p + c.token_ids for p, c in zip(prompts, completions, strict=True)]
+    inputs, targets, mask = shift_and_mask(sequences, [len(p) for p in prompts], pad_id)
+    behaviour = torch.zeros(mask.shape)
     for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
-        tokens = torch.tensor(prompt + completion.token_ids)
-        inputs[row, : len(tokens) - 1] = tokens[:-1]
-        targets[row, : len(tokens) - 1] = tokens[1:]
-        span = slice(len(prompt) - 1, len(tokens) - 1)
-        mask[row, span] = 1.0
-        behaviour[row, span] = torch.tensor(completion.logprobs)
+        behaviour[row, len(prompt) - 1: len(prompt) - 1 + len(completion.token_ids)] = \
+            torch.tensor(completion.logprobs)
     return tuple(t.to(device) for t in (inputs, targets, mask, behaviour))
 
 
 def chunks(count: int, parts: int):
+    """[(start, stop)] of `parts` near-equal consecutive slices of range(count), so nothing
+    vocabulary-sized is held for the whole batch at once."""
     size = -(-count // parts)
     return [(start, min(start + size, count)) for start in range(0, count, size)]
-
-
-def forward_chunks(model, batch: RolloutBatch, parts: int):
-    """Yield (start, stop, logits [n, L, V], hidden [n, L, dim]) of a no-grad forward over the
-    batch in `parts` chunks, so nothing vocabulary-sized is held for the whole batch."""
-    for start, stop in chunks(batch.inputs.shape[0], parts):
-        with torch.no_grad():
-            logits, hidden = model(batch.inputs[start:stop], return_hidden=True)
-        yield start, stop, logits, hidden
 
 
 def learner_logprobs(logits, batch: RolloutBatch, start: int, stop: int, params,

@@ -1,4 +1,5 @@
-"""The end-of-run summary table of an RL job (printed by rank 0)."""
+"""The end-of-run summary table of an RL job (printed by rank 0), for either driver: the step
+time is broken down by the named spans every record carries (rl/metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,17 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def step_spans(record: dict) -> list[str]:
+    """The learner's timer spans of a step record, `time_<span>_s`, in recorded order."""
+    return [key for key in record if key.startswith("time_") and key.endswith("_s")]
+
+
 def summary_table(records: list[dict], eval_before: dict | None, eval_after: dict | None) -> str:
     if not records:
         return "no RL steps were run"
     head, tail = records[: min(5, len(records))], records[-min(5, len(records)):]
-    # Async steps wait for rollouts generated elsewhere; that wait is their rollout time.
-    wait_key = "time_waiting_for_rollout_s" if "time_waiting_for_rollout_s" in records[0] \
-        else "time_rollout_s"
-    times = {key: sum(r[key] for r in records)
-             for key in ("time_logprob_s", "time_train_s", "step_time_s")}
-    times["time_rollout_s"] = sum(r[wait_key] for r in records)
-    other = times["step_time_s"] - times["time_rollout_s"] - times["time_logprob_s"] \
-        - times["time_train_s"]
-    total = max(times["step_time_s"], 1e-9)
+    spans = {key: sum(r[key] for r in records) for key in step_spans(records[0])}
+    total = max(sum(r["step_time_s"] for r in records), 1e-9)
     first, last = (_mean(r["reward_mean"] for r in part) for part in (head, tail))
     rows = [
         ("RL steps", f"{len(records)}"),
@@ -40,11 +39,11 @@ def summary_table(records: list[dict], eval_before: dict | None, eval_after: dic
          f"{records[-1]['policy_version']} / {records[-1]['drafter_version']}"),
         ("step time total", f"{total:.1f} s"),
     ]
-    rollout_label = "waiting for rollout" if wait_key != "time_rollout_s" else "rollout"
-    for label, key in ((rollout_label, "time_rollout_s"), ("logprob", "time_logprob_s"),
-                       ("train", "time_train_s")):
-        rows.append((f"  {label}", f"{times[key]:.1f} s ({100 * times[key] / total:.0f}%)"))
-    rows.append(("  other (drafter update, rewards, sync)",
+    for key, seconds in spans.items():
+        rows.append((f"  {key[5:-2].replace('_', ' ')}",
+                     f"{seconds:.1f} s ({100 * seconds / total:.0f}%)"))
+    other = total - sum(spans.values())
+    rows.append(("  other (rewards, batch assembly, metrics)",
                  f"{other:.1f} s ({100 * other / total:.0f}%)"))
     width = max(len(label) for label, _ in rows)
     lines = ["=" * (width + 24), "RL summary", "-" * (width + 24)]

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from titan_spec.drafters.base import DraftRequest
 from titan_spec.kernels.rejection_sampler import rejection_sample_given
 
 from .adaptive import AdaptiveK
+from .draft_request import DraftRequest
 from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
 
@@ -68,9 +68,9 @@ class RolloutEngine:
         # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py); an
         # AdaptiveK instance carries its measurements over from earlier engines.
         if isinstance(adaptive, AdaptiveK):
-            self.policy = adaptive if drafter else None
+            self.adaptive_k = adaptive if drafter else None
         else:
-            self.policy = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
+            self.adaptive_k = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
         # EAGLE-style drafters read the target's final hidden states, kept per slot/position.
         self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))
@@ -189,7 +189,8 @@ class RolloutEngine:
         return logits
 
     def _choose_k(self, sequences: list[_Sequence]) -> int:
-        k = self.num_draft_tokens if self.policy is None else self.policy.choose(len(sequences))
+        adaptive = self.adaptive_k
+        k = self.num_draft_tokens if adaptive is None else adaptive.choose(len(sequences))
         room = min(self.max_seq_len - len(s.tokens) for s in sequences)
         return max(0, min(k, room))
 
@@ -238,8 +239,8 @@ class RolloutEngine:
         for seq, tokens, token_logprobs in zip(sequences, emitted_rows, logprob_rows,
                                                strict=True):
             self._commit(seq, tokens, token_logprobs, k, params, stats)
-        if self.policy is not None:
-            self.policy.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows)
+        if self.adaptive_k is not None:
+            self.adaptive_k.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows)
 
     def _commit(self, seq, tokens, token_logprobs, k, params, stats):
         num_accepted = next((i for i, t in enumerate(tokens) if t < 0), k + 1) - 1

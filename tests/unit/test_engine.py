@@ -2,19 +2,17 @@
 drafter (chi-square against probabilities enumerated from the model), stops, lengths,
 continuous batching, seeded determinism and behaviour logprobs."""
 
-import itertools
 
 import pytest
 import torch
 
-from tests.kernels.stats import P_VALUE_FLOOR, chi_square_p_value
+from tests.exact import PROMPTS, exact_sequence_probs
+from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.drafters import build_drafter
 from titan_spec.drafters.base import Drafter
 from titan_spec.models import build_model
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams, process_logits
-
-PROMPTS = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 3, 3, 3, 3, 4], [1, 2, 3], [1, 40, 41]]
 
 
 class WrongDrafter(Drafter):
@@ -58,17 +56,6 @@ def test_greedy_is_token_for_token_identical(target, drafters, name, k):
         assert engine.last_stats["acceptance_length"] > k  # the target agrees with itself
 
 
-def _exact_sequence_probs(model, prompt, length, params, vocab):
-    """P(every continuation of `length` tokens), enumerated with full forwards."""
-    outcomes = list(itertools.product(range(vocab), repeat=length))
-    seqs = torch.tensor([prompt + list(o) for o in outcomes])
-    with torch.no_grad():
-        probs = process_logits(model(seqs)[..., :vocab], params)
-    start = len(prompt) - 1
-    picked = probs[:, start:start + length].gather(-1, seqs[:, len(prompt):].unsqueeze(-1))
-    return picked.squeeze(-1).prod(dim=1), outcomes
-
-
 PARAMS = {
     "t1": SamplingParams(temperature=1.0, max_new_tokens=3, seed=11),
     "t0.7_top_p0.9": SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=3, seed=12),
@@ -84,7 +71,7 @@ def test_sequence_distribution_is_exact(target, drafters, name, params_name):
     target's exact sequence probabilities (p-value floor 1e-6 per test)."""
     params, vocab, n = PARAMS[params_name], 6, 20_000
     prompt = [1, 2, 3, 4]
-    exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
+    exact, outcomes = exact_sequence_probs(target, prompt, 3, params, vocab)
     drafter = drafters[name]() if name else None
     engine = RolloutEngine(target, drafter, num_draft_tokens=2, max_batch_size=2000,
                            max_seq_len=16, vocab_size=vocab)
@@ -172,7 +159,7 @@ def test_sequence_distribution_exact_with_group_siblings(target, drafters):
     """GRPO groups of 8: drafts come from siblings' tokens (other rows' random streams)."""
     params, vocab, n = PARAMS["t1"], 6, 20_000
     prompt = [1, 2, 3, 4]
-    exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
+    exact, outcomes = exact_sequence_probs(target, prompt, 3, params, vocab)
     engine = RolloutEngine(target, drafters["ngram"](), num_draft_tokens=2, max_batch_size=2000,
                            max_seq_len=16, vocab_size=vocab)
     completions = engine.generate([prompt] * n, params, group_ids=[i // 8 for i in range(n)])

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from titan_spec.parallel.activation_checkpoint import apply_activation_checkpointing
-from titan_spec.parallel.expert_parallel import apply_expert_parallel
-from titan_spec.parallel.fsdp import apply_fsdp
-from titan_spec.parallel.tensor_parallel import apply_tensor_parallel, check_tp_divisibility
+from .activation_checkpoint import apply_activation_checkpointing
+from .expert_parallel import apply_expert_parallel
+from .fsdp import apply_fsdp
+from .tensor_parallel import apply_tensor_parallel, check_tp_divisibility
 
 
 def parallelize_qwen3(model, parallel_dims, parallelism, device_type: str):
@@ -33,6 +33,6 @@ def parallelize_qwen3(model, parallel_dims, parallelism, device_type: str):
     if parallelism.compile and device_type == "cuda":
         for name, block in list(model.layers.items()):
             model.layers[name] = torch.compile(block)
-    if parallel_dims.fsdp_enabled:
+    if parallel_dims.dp_enabled:
         apply_fsdp(model, parallel_dims, parallelism.param_dtype, parallelism.reduce_dtype)
     return model

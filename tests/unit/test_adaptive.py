@@ -72,4 +72,4 @@ def test_adaptive_engine_is_still_exact_under_greedy():
                            num_draft_tokens=3, max_batch_size=3, max_seq_len=64, adaptive=True)
     spec = engine.generate(prompts, params)
     assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
-    assert set(engine.policy.chosen) >= {0, 3}  # explored, then chose
+    assert set(engine.adaptive_k.chosen) >= {0, 3}  # explored, then chose

@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from tests.kernels.stats import P_VALUE_FLOOR, chi_square_p_value
-from tests.rollout.test_engine import PROMPTS, _exact_sequence_probs
+from tests.exact import PROMPTS, exact_sequence_probs
+from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.drafters import build_drafter
 from titan_spec.models import build_model
 from titan_spec.rollout.engine import RolloutEngine
@@ -90,7 +90,7 @@ def test_cached_drafting_matches_teacher_forcing(target, kind, schedule):
             small, seq, params, vocab))
     engine = RolloutEngine(target, drafter, num_draft_tokens=3, max_batch_size=3,
                            max_seq_len=64)
-    engine.policy = Schedule(schedule)
+    engine.adaptive_k = Schedule(schedule)
     engine.generate(PROMPTS, params)
     assert len(checked) > 10 and len(set(checked)) > 5
 
@@ -122,7 +122,7 @@ def test_sequence_distribution_is_exact(target, kind):
     params, vocab, n = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=3, seed=21), \
         6, 20_000
     prompt = [1, 2, 3, 4]
-    exact, outcomes = _exact_sequence_probs(target, prompt, 3, params, vocab)
+    exact, outcomes = exact_sequence_probs(target, prompt, 3, params, vocab)
     engine = RolloutEngine(target, build_drafter(kind, target=target), num_draft_tokens=2,
                            max_batch_size=2000, max_seq_len=16, vocab_size=vocab)
     completions = engine.generate([prompt] * n, params)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from titan_spec.config.schema import Drafter as DrafterConfig
+from titan_spec.drafters.online import OnlineDrafter, check_acceptance
 from titan_spec.drafters.trainable import build_trainable_drafter
 from titan_spec.models import build_model
-from titan_spec.rl.online_drafter import OnlineDrafter, check_acceptance
-from titan_spec.rl.rollout_batch import RolloutBatch, forward_chunks
+from titan_spec.rl.rollout_batch import RolloutBatch, chunks
 
 VOCAB = 54
 
@@ -40,7 +40,7 @@ def test_drafter_loss_reaches_only_the_drafter(kind):
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
     before = [p.detach().clone() for p in trainable.module.parameters()]
     metrics = online.step()
-    assert online.version == 1 and metrics["drafter_loss"] > 0
+    assert metrics["drafter_loss"] > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, trainable.module.parameters(),
                                                    strict=True))
 
@@ -53,12 +53,13 @@ def test_online_updates_lower_the_drafter_loss():
     losses = []
     for _ in range(15):
         online.begin()
-        for start, stop, logits, hidden in forward_chunks(policy, batch, parts=2):
+        for start, stop in chunks(batch.inputs.shape[0], 2):
+            with torch.no_grad():
+                logits, hidden = policy(batch.inputs[start:stop], return_hidden=True)
             online.accumulate(batch, start, stop, logits, hidden, policy, VOCAB,
                               float(batch.mask.sum()))
         losses.append(online.step()["drafter_loss"])
     assert losses[-1] < 0.8 * losses[0]
-    assert online.version == 15
 
 
 def test_collapse_warning(caplog):

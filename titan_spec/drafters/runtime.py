@@ -1,0 +1,122 @@
+"""The run's drafter in one place: built from `[drafter]`, initialised from a file, warm-started
+by distillation from the policy, handed to each rollout engine, adapted online during RL, and
+saved with the checkpoint. Learner ranks and async rollout ranks build the same runtime."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from titan_spec.models import get_model_spec
+from titan_spec.rollout.adaptive import AdaptiveK
+from titan_spec.rollout.engine import RolloutEngine
+
+from . import build_drafter
+from .online import OnlineDrafter, check_acceptance
+from .trainable import build_trainable_drafter
+
+log = logging.getLogger("titan_spec")
+
+# The drafter's weights get their own random stream: same job.seed as the policy, other init.
+DRAFTER_SEED_OFFSET = 17
+
+
+class DrafterRuntime:
+    def __init__(self, cfg, drafter=None, trainable=None, dp_group=None):
+        self.cfg = cfg
+        self.drafter = drafter  # what the engine calls; None: plain sampling
+        self.trainable = trainable  # the learnable module behind it, or None (n-gram)
+        self.online = OnlineDrafter(trainable, cfg, dp_group) if trainable is not None else None
+        # One adaptive-k chooser for the whole run: its step-time measurements carry over.
+        self.adaptive_k = AdaptiveK(cfg.num_draft_tokens) \
+            if cfg.adaptive and drafter is not None else None
+
+    @classmethod
+    def build(cls, cfg, model_cfg, target, seed: int, device, dp_group=None) -> "DrafterRuntime":
+        """target: the module the drafter first serves (the learner, or an async rollout
+        rank's own model); dp_group: where online-adaptation gradients are summed."""
+        if cfg.kind == "none" or cfg.num_draft_tokens == 0:
+            return cls(cfg)
+        if cfg.kind == "ngram":
+            return cls(cfg, build_drafter("ngram"))
+        full_args = get_model_spec(model_cfg.name).args(
+            model_cfg.flavor, attention_fp64=model_cfg.attention_fp64)
+        trainable = build_trainable_drafter(
+            cfg.kind, target, model_cfg.name, seed=seed + DRAFTER_SEED_OFFSET, device=device,
+            draft_flavor=cfg.draft_flavor, draft_layers=cfg.draft_layers,
+            num_heads=cfg.num_heads, head_args=full_args)
+        return cls(cfg, trainable.drafter, trainable, dp_group)
+
+    @property
+    def module(self):
+        """Every trainable drafter parameter (synced to rollout ranks), or None."""
+        return self.trainable.module if self.trainable is not None else None
+
+    @property
+    def adapter(self) -> OnlineDrafter | None:
+        """The online adaptation of this run (drafter.online), or None."""
+        return self.online if self.cfg.online else None
+
+    def checkpoint_entries(self) -> dict:
+        if self.online is None:
+            return {}
+        return {"drafter": (self.trainable.module, self.online.optimizer)}
+
+    def init_from(self, device) -> bool:
+        """Load drafter.init_from when set; -> whether the drafter is warm."""
+        path = self.cfg.init_from
+        if not path:
+            return False
+        if self.online is None:
+            raise ValueError(f"drafter.init_from is set but drafter.kind={self.cfg.kind} "
+                             "has no parameters; drop init_from or pick a learnable kind.")
+        if not os.path.isfile(path):
+            raise ValueError(f"drafter.init_from={path} is not a file; pass the --out file of "
+                             "tools/distill_drafter.py.")
+        try:
+            self.module.load_state_dict(torch.load(path, map_location=device, weights_only=True))
+        except (RuntimeError, KeyError) as err:
+            first = str(err).splitlines()[0]
+            raise ValueError(f"drafter.init_from={path} does not fit a {self.cfg.kind} "
+                             f"drafter of this config ({first}); check drafter.kind, "
+                             "draft_flavor, draft_layers and num_heads.") from None
+        log.info("drafter %s initialised from %s", self.cfg.kind, path)
+        return True
+
+    def warm_start(self, verifier, task, tokenizer, seq_len: int, seed: int, is_main: bool,
+                   replicas: int, group=None) -> dict:
+        """Distil the drafter from the policy (drafter.warmup_steps) through `verifier()`, a
+        context yielding the policy; all `replicas` learner ranks (in `group`, None: every
+        rank) then take the first rank's result."""
+        steps, start = self.cfg.warmup_steps, time.perf_counter()
+        if steps:
+            with verifier() as view:
+                self.trainable.distill(view, task, tokenizer, steps, lr=self.cfg.lr, seed=seed,
+                                       seq_len=seq_len, log=log.info if is_main else None)
+            if replicas > 1:
+                for param in self.module.parameters():
+                    dist.broadcast(param.data, src=0, group=group)
+        return {"phase": "drafter_warmup", "steps": steps, "kind": self.trainable.kind,
+                "time_s": time.perf_counter() - start}
+
+    def engine(self, target, prompts, rollout_cfg, vocab_size: int) -> RolloutEngine:
+        """A rollout engine over `target` (the verifier view, or a rollout replica)."""
+        if self.trainable is not None:
+            self.trainable.bind(target)
+        max_len = min(target.args.max_seq_len,
+                      max(map(len, prompts)) + rollout_cfg.max_new_tokens + 1)
+        return RolloutEngine(target, self.drafter, num_draft_tokens=self.cfg.num_draft_tokens,
+                             max_batch_size=rollout_cfg.max_batch_size, max_seq_len=max_len,
+                             vocab_size=vocab_size, adaptive=self.adaptive_k)
+
+    def acceptance(self, accepted: list, drafted: list, warn: bool) -> tuple[list[float], bool]:
+        """Per-position acceptance rates of a step, and whether the drafter has collapsed
+        (warned about when `warn`, i.e. on the main rank)."""
+        rates = [a / d if d else 0.0 for a, d in zip(accepted, drafted, strict=True)]
+        collapsed = self.drafter is not None and warn and check_acceptance(
+            rates, self.cfg.collapse_threshold, self.cfg.kind)
+        return rates, bool(collapsed)

@@ -1,0 +1,78 @@
+"""The bounded queue between the rollout replicas and the learner (DESIGN.md's rl/buffer.py).
+
+Each replica's leader sends its finished batch to learner rank 0 as a non-blocking point-to-
+point message and keeps at most `capacity` (= max_policy_lag + 1) of them in flight: a replica
+that is that far ahead waits for the learner to take one. Learner rank 0 takes one message per
+replica each step and shares them with the other learner ranks."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class RolloutBatchMessage:
+    """What a rollout replica sends for one step."""
+
+    step: int
+    policy_version: int
+    drafter_version: int
+    prompts: list
+    token_ids: list
+    logprobs: list
+    rewards: list
+    stats: dict = field(default_factory=dict)
+
+
+def send_object(obj, dst: int) -> list:
+    """Non-blocking send of a picklable object: [(work, tensor), ...] to wait on later."""
+    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+    size = torch.tensor([payload.numel()], dtype=torch.int64)
+    return [(dist.isend(size, dst), size), (dist.isend(payload, dst), payload)]
+
+
+def recv_object(src: int):
+    size = torch.empty(1, dtype=torch.int64)
+    dist.recv(size, src)
+    payload = torch.empty(int(size), dtype=torch.uint8)
+    dist.recv(payload, src)
+    return pickle.loads(payload.numpy().tobytes())
+
+
+class RolloutQueue:
+    def __init__(self, capacity: int, replica_leaders: list[int], learner_group=None,
+                 learner_world: int = 1):
+        self.capacity, self.replica_leaders = capacity, replica_leaders
+        self.learner_group, self.learner_world = learner_group, learner_world
+        self.in_flight: list = []  # a replica leader's unfinished sends, oldest first
+
+    # ------------------------------------------------------------ rollout side (leaders)
+    def put(self, message: RolloutBatchMessage) -> None:
+        # Earlier batches the learner has not taken yet: the queue this one joins.
+        message.stats["queue_depth"] = sum(
+            not all(work.is_completed() for work, _ in sends) for sends in self.in_flight)
+        self.in_flight.append(send_object(message, dst=0))
+        while len(self.in_flight) > self.capacity:
+            for work, _ in self.in_flight.pop(0):
+                work.wait()
+
+    def drain(self) -> None:
+        """Wait until the learner has taken every batch sent."""
+        for sends in self.in_flight:
+            for work, _ in sends:
+                work.wait()
+        self.in_flight = []
+
+    # ------------------------------------------------------------ learner side
+    def take(self) -> list[RolloutBatchMessage]:
+        """One message per replica, on every learner rank (collective over the learner)."""
+        messages = [None]
+        if dist.get_rank() == 0:
+            messages = [[recv_object(leader) for leader in self.replica_leaders]]
+        if self.learner_world > 1:
+            dist.broadcast_object_list(messages, src=0, group=self.learner_group)
+        return messages[0]

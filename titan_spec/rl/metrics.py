@@ -1,0 +1,119 @@
+"""The one RL step record, for the sync and the async driver alike.
+
+A record is: the learner's training metrics (`loss`, `grad_norm`, ...), the rollout figures of
+the step (`RolloutStats`: what every generator of the step did, summed over them), the batch
+figures (logprob mismatch, advantages; under async also lag and importance weights, reduced
+over the learner's data-parallel ranks), and the step's named timer spans (`time_<span>_s`,
+components/metrics.py StepTimer), which never overlap and add up to at most `step_time_s`.
+Under async RL the rollout ranks' own times are `rollout_side_*_s`: they are not part of the
+learner's step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from titan_spec.parallel.comm import dp_max, dp_sum
+
+from .rollout_batch import RolloutBatch, logprob_mismatch
+
+
+@dataclass
+class RolloutStats:
+    """Totals over every generator of one step (dp ranks in sync, rollout replicas in async)."""
+
+    samples: float
+    reward_sum: float
+    correct: float
+    length_sum: float
+    tokens: float
+    sequence_steps: float
+    accepted_per_position: list
+    drafted_per_position: list
+    time_generate_s: float  # the slowest generator's
+    kv_cache_bytes: int
+    rollout_side: dict = field(default_factory=dict)  # async: the rollout ranks' own figures
+
+    @classmethod
+    def from_engine(cls, engine_stats: dict, rewards: torch.Tensor, lengths: list[int],
+                    time_generate_s: float, dims, device) -> "RolloutStats":
+        """This rank's generation in a sync step, summed over the data-parallel ranks."""
+        k = len(engine_stats["drafted_per_position"])
+        sums = dp_sum(dims, [len(lengths), float(rewards.sum()), float((rewards >= 1).sum()),
+                             sum(lengths), engine_stats["tokens"], engine_stats["sequence_steps"]]
+                      + engine_stats["accepted_per_position"]
+                      + engine_stats["drafted_per_position"], device)
+        (slowest,) = dp_max(dims, [time_generate_s], device)
+        return cls(*sums[:6], sums[6:6 + k], sums[6 + k:], slowest,
+                   engine_stats["kv_cache_bytes"])
+
+    @classmethod
+    def from_messages(cls, messages) -> "RolloutStats":
+        """Every rollout replica's batch of an async step (each learner rank holds them all)."""
+        stats = [m.stats for m in messages]
+        rewards = torch.tensor([r for m in messages for r in m.rewards])
+        k = len(stats[0]["drafted_per_position"])
+        return cls(
+            samples=len(rewards), reward_sum=float(rewards.sum()),
+            correct=float((rewards >= 1).sum()),
+            length_sum=sum(len(ids) for m in messages for ids in m.token_ids),
+            tokens=sum(s["tokens"] for s in stats),
+            sequence_steps=sum(s["sequence_steps"] for s in stats),
+            accepted_per_position=[sum(s["accepted_per_position"][i] for s in stats)
+                                   for i in range(k)],
+            drafted_per_position=[sum(s["drafted_per_position"][i] for s in stats)
+                                  for i in range(k)],
+            time_generate_s=max(s["time_generate_s"] for s in stats),
+            kv_cache_bytes=stats[0]["kv_cache_bytes"],
+            rollout_side={
+                "rollout_side_generate_s": max(s["time_generate_s"] for s in stats),
+                # Idle (and receiving) before the batch: waiting for the learner's weights.
+                "rollout_side_waiting_for_weights_s": max(s["time_waiting_for_weights_s"]
+                                                          for s in stats),
+                "rollout_side_inflight_weights_s": max(s["time_inflight_weights_s"]
+                                                       for s in stats),
+                "queue_depth": max(s.get("queue_depth", 0) for s in stats),
+                "weight_updates_in_batch": max(s["weight_updates_in_batch"] for s in stats),
+            })
+
+    def record(self, drafters, warn: bool) -> dict:
+        rates, collapsed = drafters.acceptance(self.accepted_per_position,
+                                               self.drafted_per_position, warn)
+        return {
+            "reward_mean": self.reward_sum / self.samples, "accuracy": self.correct / self.samples,
+            "response_len_mean": self.length_sum / self.samples,
+            "rollout_tokens_per_s": self.tokens / max(self.time_generate_s, 1e-9),
+            "acceptance_length": self.tokens / max(self.sequence_steps, 1),
+            "acceptance_rate_per_position": rates, "drafter_collapsed": collapsed,
+            "kv_cache_bytes": self.kv_cache_bytes, **self.rollout_side,
+        }
+
+
+def batch_record(batch: RolloutBatch, samples: float, dims, device, lags=None,
+                 max_policy_lag: int = 0) -> dict:
+    """This rank's share of the training batch, reduced over the data-parallel ranks. With
+    `lags` (async): the mismatch counts on-policy samples only, plus lag / IS figures."""
+    mask = batch.mask
+    if lags is not None:
+        mask = (lags == 0).to(mask.device).unsqueeze(1) * mask
+    gap_sum, gap_max, gap_n = logprob_mismatch(batch.behaviour_logprobs, batch.old_logprobs, mask)
+    sums = [float(gap_sum), float(gap_n), float((batch.advantages != 0).sum())]
+    maxima = [float(gap_max)]
+    if lags is not None:
+        weights = batch.is_weights[batch.mask > 0]
+        sums += [float(lags.sum()), lags.numel(), float(weights.sum()), weights.numel(),
+                 float((lags > max_policy_lag).sum())]
+        maxima += [float(lags.max()), float(weights.max()) if weights.numel() else 0.0]
+    sums, maxima = dp_sum(dims, sums, device), dp_max(dims, maxima, device)
+    record = {"logprob_mismatch_max": maxima[0], "logprob_mismatch_mean": sums[0] / max(sums[1], 1),
+              "nonzero_advantage_fraction": sums[2] / samples,
+              "policy_version": int(batch.policy_versions.max()),
+              "drafter_version": int(batch.drafter_versions.max())}
+    if lags is not None:
+        lag_sum, lag_n, weight_sum, weight_n, dropped = sums[3:]
+        record.update(policy_lag_mean=lag_sum / max(lag_n, 1), policy_lag_max=int(maxima[1]),
+                      is_weight_mean=weight_sum / max(weight_n, 1), is_weight_max=maxima[2],
+                      # Samples older than max_policy_lag, left out of the loss (drop).
+                      dropped_fraction=dropped / max(lag_n, 1))
+    return record

@@ -1,0 +1,23 @@
+"""What the rollout engine hands a drafter each iteration. It lives with the engine (the
+drafters depend on the rollout package, never the other way round)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class DraftRequest:
+    """What a drafter sees each iteration (one row per running sequence)."""
+
+    slots: list[int]  # engine slot of each row
+    sequences: list[list[int]]  # committed tokens (prompt + generated) of each row
+    group_ids: list  # GRPO group of each row (rows of one prompt share it)
+    k: int  # tokens to propose per row
+    params: object  # SamplingParams: drafters sample from the same processed distribution
+    generators: list[torch.Generator]  # per-row draft random stream
+    vocab_size: int
+    device: torch.device
+    extras: dict = field(default_factory=dict)
