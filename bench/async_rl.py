@@ -106,7 +106,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(2)
     target, common, speculative = policy_overrides(args, 2)
     plain = ["--drafter.kind=none"]
-    asynchronous = ["--parallelism.rollout.ranks=1", f"--rl.max_policy_lag={args.max_lag}"]
+    asynchronous = ["--async_rl.rollout_ranks=1", f"--async_rl.max_policy_lag={args.max_lag}"]
     arms = {"sync_plain": plain, "sync_speculative": speculative,
             "async_plain": asynchronous + plain, "async_speculative": asynchronous + speculative}
     runs = []

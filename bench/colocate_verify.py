@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from titan_spec.runtime import close_distributed, exit_now
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -65,9 +67,8 @@ def _worker(rank, world, port, flavor, batch, k, steps, out):
     result["plain_module_ms"] = 1e3 * _time_steps(plain, batch, k, steps)
     if rank == 0:
         torch.save(result, out)
-    dist.barrier()
-    dist.destroy_process_group()
-    os._exit(0)
+    close_distributed()
+    exit_now(0)
 
 
 def measure_verify_step(flavor: str, world: int, batch: int, k: int, steps: int = 40) -> dict:

@@ -104,7 +104,8 @@ def policy_overrides(args, nproc: int) -> tuple[object, list[str], list[str]]:
         f"--job.seed={args.seed}", "--training.threads_per_rank=1",
     ]
     speculative = [
-        "--drafter.kind=draft_model", "--drafter.draft_flavor=debug", "--drafter.draft_layers=2",
+        "--drafter.kind=draft_model", "--drafter.draft_model.flavor=debug",
+        "--drafter.draft_model.layers=2",
         f"--drafter.init_from={draft_file}", f"--drafter.num_draft_tokens={args.k}",
         "--drafter.lr=1e-4",
     ]

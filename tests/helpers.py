@@ -16,7 +16,7 @@ from titan_spec.runtime import close_distributed, exit_now
 FAST = [
     "--training.global_batch_size=8",
     "--training.seq_len=64",
-    "--task.max_digits=2",
+    "--task.arithmetic.max_digits=2",
     "--metrics.enable_tensorboard=false",
     "--lr_scheduler.warmup_steps=2",
     "--sft.eval_problems=0",
@@ -27,8 +27,9 @@ FAST = [
 RL_FAST = [
     "--sft.steps=3", "--sft.eval_problems=0", "--rl.steps=2", "--rl.prompts_per_step=4",
     "--rl.group_size=2", "--rl.eval_problems=4", "--rollout.max_new_tokens=12",
-    "--rollout.max_batch_size=4", "--drafter.warmup_steps=2", "--training.seq_len=64",
-    "--task.max_digits=2", "--metrics.enable_tensorboard=false", "--checkpoint.interval=1000",
+    "--rollout.max_batch_size=4", "--drafter.distill_steps=2", "--training.seq_len=64",
+    "--task.arithmetic.max_digits=2", "--metrics.enable_tensorboard=false",
+    "--checkpoint.interval=1000",
 ]
 
 

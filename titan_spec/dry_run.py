@@ -47,7 +47,7 @@ def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
     from titan_spec.models import build_model
     from titan_spec.parallel.rollout_layout import rollout_local_args, rollout_slice
 
-    tp = cfg.parallelism.rollout.tp
+    tp = cfg.async_rl.rollout_tp
     model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
     numel, layer0 = 0, 0
     for name, param in model.named_parameters():
@@ -68,8 +68,8 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
     from titan_spec.preflight import split_world
 
     _fake_world(world_size)
-    if cfg.parallelism.rollout.ranks:
-        dims, _ = split_world(cfg.parallelism, world_size)
+    if cfg.async_rl.rollout_ranks:
+        dims, _ = split_world(cfg, world_size)
     else:
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
     dims.build_meshes("cpu")
@@ -82,11 +82,11 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
              f"ep={dims.ep}", "params_gib": learner["params_gib"],
              "grads_gib": learner["grads_gib"], "optimizer_gib": learner["optimizer_gib"],
              "total_gib": learner_total}]
-    if cfg.parallelism.rollout.ranks:
+    if cfg.async_rl.rollout_ranks:
         rollout = rollout_plan(cfg, args, prompt_tokens)
-        r = cfg.parallelism.rollout
-        rows.append({"role": "rollout", "ranks": r.ranks, "layout":
-                     f"replicas={r.ranks // r.tp} tp={r.tp}", **rollout,
+        ranks, tp = cfg.async_rl.rollout_ranks, cfg.async_rl.rollout_tp
+        rows.append({"role": "rollout", "ranks": ranks, "layout":
+                     f"replicas={ranks // tp} tp={tp}", **rollout,
                      "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device

@@ -60,7 +60,7 @@ def build_rank(cfg):
     """-> (env, the role this rank plays: a LearnerJob or a RolloutWorker)."""
     env = setup_distributed(cfg.training)
     dims = preflight(cfg, env.world_size)
-    layout = build_async_layout(cfg, env) if cfg.parallelism.rollout.ranks else None
+    layout = build_async_layout(cfg, env) if cfg.async_rl.rollout_ranks else None
     if layout is not None:
         dims = layout.learner_dims
     elif env.world_size > 1:
@@ -110,10 +110,10 @@ class LearnerJob:
         if self.layout is None:
             return SyncRL(self.learner, rl_data, self.drafters, self.state, cfg.rl,
                           cfg.rollout, is_main)
-        publisher = WeightPublisher(self.layout.policy_sync, self.layout.drafter_sync, cfg.rl,
-                                    cfg.sft.steps + cfg.rl.steps)
+        publisher = WeightPublisher(self.layout.policy_sync, self.layout.drafter_sync,
+                                    cfg.async_rl, cfg.sft.steps + cfg.rl.steps)
         return AsyncRL(self.learner, rl_data, self.drafters, self.state, self.layout.queue,
-                       publisher, cfg.rl, is_main)
+                       publisher, cfg.rl, cfg.async_rl, is_main)
 
     def _resume(self) -> tuple[bool, bool]:
         """Load the newest intact checkpoint (or checkpoint.load_path) -> (resumed, whether it

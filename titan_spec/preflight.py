@@ -15,7 +15,7 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     """Every check that needs no process: degrees vs world size, model shape vs degrees,
     batch divisibility. Run by the launcher before it spawns workers, and by each worker."""
     args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
-    if cfg.parallelism.rollout.ranks:
+    if cfg.async_rl.rollout_ranks:
         dims = _preflight_rollout_mesh(cfg, world_size, args)
     else:
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
@@ -42,73 +42,47 @@ def preflight(cfg, world_size: int) -> ParallelDims:
     return dims
 
 
-def split_world(parallelism, world_size: int) -> tuple[ParallelDims, ParallelDims]:
-    """(learner dims over the first ranks, rollout dims over the last parallelism.rollout.ranks);
+def split_world(cfg, world_size: int) -> tuple[ParallelDims, ParallelDims]:
+    """(learner dims over the first ranks, rollout dims over the last async_rl.rollout_ranks);
     ValueError naming the fix when the split is impossible."""
-    rollout = parallelism.rollout
-    if rollout.ranks >= world_size:
-        raise ValueError(f"parallelism.rollout.ranks={rollout.ranks} leaves no learner rank in a "
-                         f"world of {world_size}; launch more ranks or lower it.")
-    if rollout.ranks % rollout.tp:
-        raise ValueError(f"parallelism.rollout.tp={rollout.tp} must divide "
-                         f"parallelism.rollout.ranks={rollout.ranks} (rollout dp = ranks / tp).")
-    learner_world = world_size - rollout.ranks
+    ranks, tp = cfg.async_rl.rollout_ranks, cfg.async_rl.rollout_tp
+    if ranks >= world_size:
+        raise ValueError(f"async_rl.rollout_ranks={ranks} leaves no learner rank in a world of "
+                         f"{world_size}; launch more ranks or lower it.")
+    if ranks % tp:
+        raise ValueError(f"async_rl.rollout_tp={tp} must divide async_rl.rollout_ranks={ranks} "
+                         "(rollout replicas = rollout_ranks / rollout_tp).")
+    learner_world = world_size - ranks
     try:
-        learner = ParallelDims.from_config(parallelism, learner_world)
+        learner = ParallelDims.from_config(cfg.parallelism, learner_world)
     except ValueError as err:
-        raise ValueError(f"with parallelism.rollout.ranks={rollout.ranks} the learner mesh has "
+        raise ValueError(f"with async_rl.rollout_ranks={ranks} the learner mesh has "
                          f"{learner_world} of the {world_size} ranks: {err}") from None
-    rollout_dims = ParallelDims(1, -1, rollout.tp, 1, rollout.ranks, first_rank=learner_world)
-    return learner, rollout_dims
+    return learner, ParallelDims(1, -1, tp, 1, ranks, first_rank=learner_world)
 
 
 def _preflight_rollout_mesh(cfg, world_size: int, args) -> ParallelDims:
     """Checks of the async layout -> the learner's dims."""
-    learner, _ = split_world(cfg.parallelism, world_size)
-    rollout = cfg.parallelism.rollout
-    if rollout.tp > 1:
-        check_rollout_tp(args, rollout.tp)
-    if cfg.job.dry_run:
-        return learner
-    limits = {
-        "async RL needs rl.steps > 0 (the rollout ranks only serve RL).": cfg.rl.steps == 0,
-        "async RL versions the policy once per step: set rl.minibatches=1.":
-            cfg.rl.minibatches != 1,
-        "drafter.adaptive needs rollout tp=1 (peers would choose different k).":
-            cfg.drafter.adaptive and rollout.tp > 1,
-        "rl.inflight_weight_updates needs rl.stale_policy=drop (under wait the schedule fixes "
-        "the version of every batch).": cfg.rl.inflight_weight_updates
-        and cfg.rl.stale_policy == "wait",
-    }
-    for message, broken in limits.items():
-        if broken:
-            raise ValueError(message)
+    learner, _ = split_world(cfg, world_size)
+    if cfg.async_rl.rollout_tp > 1:
+        check_rollout_tp(args, cfg.async_rl.rollout_tp)
     return learner
 
 
 def _preflight_rl(cfg, dims, args) -> None:
-    rl, rollout = cfg.rl, cfg.parallelism.rollout
-    if not rollout.ranks and (rl.stale_policy != "wait" or rl.inflight_weight_updates):
-        raise ValueError("rl.stale_policy=drop and rl.inflight_weight_updates apply to async RL "
-                         "only: set parallelism.rollout.ranks > 0, or drop them.")
-    generators = rollout.ranks // rollout.tp if rollout.ranks else dims.dp
+    rl, ranks = cfg.rl, cfg.async_rl.rollout_ranks
+    generators = ranks // cfg.async_rl.rollout_tp if ranks else dims.dp
     if rl.prompts_per_step % generators:
-        who = "rollout replicas" if rollout.ranks else "data-parallel ranks"
+        who = "rollout replicas" if ranks else "data-parallel ranks"
         raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
                          f"{generators} {who} (each generates whole groups).")
-    if rollout.ranks and rl.prompts_per_step % dims.dp:
+    if ranks and rl.prompts_per_step % dims.dp:
         raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} must be divisible by the "
                          f"{dims.dp} learner data-parallel ranks (each trains on whole groups).")
     local = rl.prompts_per_step // dims.dp * rl.group_size
     if local % rl.minibatches:
         raise ValueError(f"each rank's {local} samples (rl.prompts_per_step / dp x group_size) "
                          f"must split into rl.minibatches={rl.minibatches} equal parts.")
-    if cfg.rollout.temperature == 0:
-        raise ValueError("rollout.temperature=0 makes every sample of a group identical (no "
-                         "advantage signal); RL needs temperature > 0.")
-    if rl.kl_coef > 0 and dims.tp > 1:
-        raise ValueError("rl.kl_coef > 0 keeps a full reference copy, not supported with "
-                         "parallelism.tp > 1 yet; set rl.kl_coef=0 or tp=1.")
     if cfg.rollout.max_new_tokens >= args.max_seq_len:
         raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room "
                          f"for the prompt in the model's max_seq_len={args.max_seq_len}.")

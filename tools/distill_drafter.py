@@ -1,14 +1,16 @@
 """Distil a drafter from a trained target checkpoint, and report its acceptance.
 
     python -m tools.distill_drafter --config debug_model.toml \\
-        --checkpoint outputs/debug_model/checkpoint/step-300 --kind eagle --steps 300 \\
-        --out outputs/debug_model/eagle.pt
+        --checkpoint outputs/debug_model/checkpoint/step-300 --out outputs/debug_model/eagle.pt \\
+        [--drafter.kind=mtp --drafter.distill_steps=300 ...]
 
-Kinds: draft_model (a smaller Qwen3 of --draft-flavor / --draft-layers), eagle (one DraftHead),
-mtp (--num-heads DraftHeads). The target is the config's model loaded from a DCP step folder;
-training is teacher-forced on the config's synthetic task (drafters/distill.py). The output is a
-torch state dict (load with weights_only=True) plus a JSON with what was built and the measured
-acceptance length on held-out problems."""
+The drafter is the config's [drafter] (kind, distill_steps, lr, [drafter.draft_model],
+[drafter.mtp], num_draft_tokens as the k of the acceptance check), built exactly as the job
+builds it, so the output loads through `drafter.init_from` into a job of the same config. The
+target is the config's model loaded from a DCP step folder; training is teacher-forced on the
+config's task (drafters/distill.py). The output is a torch state dict (load with
+weights_only=True) plus a JSON with what was built and the measured acceptance length on
+held-out problems."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.distributed.checkpoint as dcp
 
 from titan_spec.config import ConfigError, load_config
 from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
-from titan_spec.drafters.trainable import build_trainable_drafter
+from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.models import build_model
 from titan_spec.rl.tasks import task_from_config
 from titan_spec.rollout.engine import RolloutEngine
@@ -53,23 +55,37 @@ def acceptance_length(target, drafter, task, tokenizer, problems: int, k: int, s
     return engine.last_stats["acceptance_length"]
 
 
+# Flags of earlier versions -> the config key that replaced each.
+_OLD_FLAGS = {"--kind": "--drafter.kind", "--steps": "--drafter.distill_steps",
+              "--lr": "--drafter.lr", "--draft-flavor": "--drafter.draft_model.flavor",
+              "--draft-layers": "--drafter.draft_model.layers",
+              "--num-heads": "--drafter.mtp.num_heads", "--k": "--drafter.num_draft_tokens",
+              "--seed": "--job.seed"}
+
+
+def _refuse_old_flags(argv: list[str]) -> None:
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag in _OLD_FLAGS:
+            raise ConfigError(f"{flag} is gone: the tool reads the job's config; use "
+                              f"{_OLD_FLAGS[flag]}=... instead.")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True, help="DCP step folder of the target")
-    parser.add_argument("--kind", required=True, choices=("draft_model", "eagle", "mtp"))
     parser.add_argument("--out", required=True, help="where to write the drafter state dict")
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--draft-flavor", default="debug")
-    parser.add_argument("--draft-layers", type=int, default=2)
-    parser.add_argument("--num-heads", type=int, default=2)
     parser.add_argument("--eval-problems", type=int, default=32)
-    parser.add_argument("--k", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
     args, overrides = parser.parse_known_args(argv)
     try:
+        _refuse_old_flags(overrides)
         cfg = load_config(args.config, overrides)
+        if cfg.drafter.kind not in ("draft_model", "eagle", "mtp"):
+            raise ConfigError(f"drafter.kind={cfg.drafter.kind} has nothing to distil; use "
+                              "draft_model, eagle or mtp.")
+        if cfg.drafter.distill_steps < 1:
+            raise ConfigError("drafter.distill_steps=0: the tool needs at least one step.")
         target = load_target(cfg, args.checkpoint)
     except ValueError as err:  # ConfigError included
         kind = "config error" if isinstance(err, ConfigError) else "error"
@@ -77,20 +93,19 @@ def main(argv=None) -> int:
         return 2
     tokenizer = build_tokenizer(cfg.model.tokenizer)
     task = task_from_config(cfg.task)
-    trainable = build_trainable_drafter(
-        args.kind, target, cfg.model.name, seed=args.seed, draft_flavor=args.draft_flavor,
-        draft_layers=args.draft_layers, num_heads=args.num_heads)
-    losses = trainable.distill(target, task, tokenizer, args.steps, lr=args.lr, seed=args.seed,
-                               seq_len=cfg.training.seq_len, log=print)
-    drafter, trainable = trainable.drafter, trainable.module
-    accepted = acceptance_length(target, drafter, task, tokenizer, args.eval_problems, args.k,
-                                 args.seed)
+    d, seed = cfg.drafter, cfg.job.seed
+    runtime = DrafterRuntime.build(d, cfg.model, target, seed, torch.device("cpu"))
+    losses = runtime.trainable.distill(target, task, tokenizer, d.distill_steps, lr=d.lr,
+                                       seed=seed, seq_len=cfg.training.seq_len, log=print)
+    accepted = acceptance_length(target, runtime.drafter, task, tokenizer, args.eval_problems,
+                                 d.num_draft_tokens, seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(trainable.state_dict(), out)
-    report = {"kind": args.kind, "steps": args.steps, "final_loss": losses[-1],
-              "params": sum(p.numel() for p in trainable.parameters()),
-              "acceptance_length": accepted, "k": args.k, "target_checkpoint": args.checkpoint}
+    torch.save(runtime.module.state_dict(), out)
+    report = {"kind": d.kind, "steps": d.distill_steps, "final_loss": losses[-1],
+              "params": sum(p.numel() for p in runtime.module.parameters()),
+              "acceptance_length": accepted, "k": d.num_draft_tokens,
+              "target_checkpoint": args.checkpoint}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report))
     return 0

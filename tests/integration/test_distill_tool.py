@@ -19,20 +19,20 @@ def test_distill_tool_end_to_end(tmp_path, kind):
     out = tmp_path / f"{kind}.pt"
     proc = subprocess.run(
         [sys.executable, "-m", "tools.distill_drafter", "--config", "debug_model.toml",
-         "--checkpoint", str(tmp_path / "checkpoint" / "step-2"), "--kind", kind, "--steps", "3",
+         "--checkpoint", str(tmp_path / "checkpoint" / "step-2"), f"--drafter.kind={kind}",
+         "--drafter.distill_steps=3",
          "--out", str(out), "--eval-problems", "4", "--training.seq_len=64",
-         "--task.max_digits=2"],
+         "--task.arithmetic.max_digits=2"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["kind"] == kind and report["acceptance_length"] >= 1.0
     assert torch.load(out, weights_only=True)
-    # The tool's output warm-starts the RL job's drafter in place of the distillation.
+    # The tool reads the job's [drafter] table: its output loads into the job as it is.
     rl_folder = tmp_path / "rl"
-    layers = ["--drafter.draft_layers=2"] if kind == "draft_model" else []
     train_job("debug_model.toml", RL_FAST + [f"--job.dump_folder={rl_folder}",
                                              f"--drafter.kind={kind}", f"--drafter.init_from={out}",
-                                             "--rl.steps=1", *layers])
+                                             "--rl.steps=1"])
     phases = [r["phase"] for r in read_metrics(rl_folder)]
     assert "rl" in phases and "drafter_warmup" not in phases
 
@@ -40,6 +40,15 @@ def test_distill_tool_end_to_end(tmp_path, kind):
 def test_distill_tool_rejects_a_non_checkpoint(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "tools.distill_drafter", "--config", "debug_model.toml",
-         "--checkpoint", str(tmp_path), "--kind", "eagle", "--out", str(tmp_path / "x.pt")],
+         "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.pt")],
         capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2 and "not a DCP checkpoint step folder" in proc.stderr
+
+
+def test_distill_tool_refuses_its_old_flags(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.distill_drafter", "--config", "debug_model.toml",
+         "--checkpoint", str(tmp_path), "--out", str(tmp_path / "x.pt"), "--kind", "eagle"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "use --drafter.kind=... instead" in proc.stderr
+

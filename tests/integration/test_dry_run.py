@@ -70,6 +70,6 @@ def test_235b_dry_run(tmp_path):
 def test_dry_run_reports_what_does_not_fit(tmp_path):
     proc = subprocess.run(["./run_train.sh", "--config", "235b_moe_async.toml",
                            "--job.dry_run=true", f"--job.dump_folder={tmp_path}",
-                           "--parallelism.rollout.tp=1"],
+                           "--async_rl.rollout_tp=1"],
                           cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 1 and " NO " in proc.stdout

@@ -13,9 +13,10 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 # 40 SFT steps on one-digit sums: enough for rewards of about a half, so that advantages, the
 # loss, the KL term and the drafter's adaptation all carry real numbers.
-SHORT = ["--sft.steps=40", "--task.max_digits=1", "--rl.prompts_per_step=4", "--rl.group_size=2",
-         "--rollout.max_new_tokens=12", "--rollout.max_batch_size=4", "--drafter.warmup_steps=2",
-         "--training.seq_len=64", "--metrics.enable_tensorboard=false"]
+SHORT = ["--sft.steps=40", "--task.arithmetic.max_digits=1", "--rl.prompts_per_step=4",
+         "--rl.group_size=2", "--rollout.max_new_tokens=12", "--rollout.max_batch_size=4",
+         "--drafter.distill_steps=2", "--training.seq_len=64",
+         "--metrics.enable_tensorboard=false"]
 SYNC = SHORT + ["--sft.eval_problems=4", "--rl.steps=3",
                 "--rl.eval_problems=4", "--checkpoint.interval=1000", "--rl.minibatches=2",
                 "--rl.kl_coef=0.01", "--rl.dynamic_sampling=true", "--parallelism.dp_shard=2"]

@@ -77,7 +77,7 @@ def test_drafter_init_from_errors(tmp_path):
 
 def test_collapsed_drafter_is_reported(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="titan_spec"):
-        _train(0, 1, [f"--job.dump_folder={tmp_path}", "--drafter.warmup_steps=0",
+        _train(0, 1, [f"--job.dump_folder={tmp_path}", "--drafter.distill_steps=0",
                       "--drafter.online=false", "--drafter.collapse_threshold=0.99"])
     assert "DRAFTER ACCEPTANCE COLLAPSED" in caplog.text
     assert all(r["drafter_collapsed"] for r in _rl_records(tmp_path))

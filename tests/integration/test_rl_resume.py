@@ -8,8 +8,8 @@ from tests.helpers import RL_FAST, compare_records, read_metrics, train_job
 
 pytestmark = pytest.mark.slow
 # Enough SFT for rewards of about a half: the policy moves away from the reference.
-KL = RL_FAST + ["--sft.steps=40", "--task.max_digits=1", "--rl.steps=3", "--rl.kl_coef=0.01",
-                "--rl.eval_problems=0", "--checkpoint.interval=1000"]
+KL = RL_FAST + ["--sft.steps=40", "--task.arithmetic.max_digits=1", "--rl.steps=3",
+                "--rl.kl_coef=0.01", "--rl.eval_problems=0", "--checkpoint.interval=1000"]
 
 
 def _rl(folder):

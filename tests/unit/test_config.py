@@ -68,7 +68,7 @@ def test_bad_choice_lists_valid_values():
 
 def test_impossible_value():
     with pytest.raises(ConfigError, match="min_digits"):
-        load_config(None, ["--task.min_digits=5", "--task.max_digits=2"])
+        load_config(None, ["--task.arithmetic.min_digits=5", "--task.arithmetic.max_digits=2"])
 
 
 def test_malformed_cli_argument():
@@ -114,22 +114,22 @@ def test_rollout_mesh_split_errors():
     from titan_spec.preflight import preflight, split_world
 
     def check(world, overrides, message):
-        cfg = load_config("debug_model.toml", overrides)
         with pytest.raises(ValueError, match=message):
-            preflight(cfg, world)
+            preflight(load_config("debug_model.toml", overrides), world)
 
-    check(2, ["--parallelism.rollout.ranks=2"], "leaves no learner rank")
-    check(4, ["--parallelism.rollout.ranks=3", "--parallelism.rollout.tp=2"], "must divide")
-    check(4, ["--parallelism.rollout.ranks=1", "--parallelism.tp=2"],
+    check(2, ["--async_rl.rollout_ranks=2"], "leaves no learner rank")
+    check(4, ["--async_rl.rollout_ranks=3", "--async_rl.rollout_tp=2"], "must divide")
+    check(4, ["--async_rl.rollout_ranks=1", "--parallelism.tp=2"],
           "learner mesh has 3 of the 4 ranks")
-    check(6, ["--parallelism.rollout.ranks=3", "--parallelism.rollout.tp=3"],
-          "rollout.tp=3 must divide")
-    check(3, ["--parallelism.rollout.ranks=1", "--checkpoint.enable=false",
+    check(6, ["--async_rl.rollout_ranks=3", "--async_rl.rollout_tp=3"],
+          "rollout_tp=3 must divide")
+    check(3, ["--async_rl.rollout_ranks=1", "--checkpoint.enable=false",
               "--rl.minibatches=2"], "rl.minibatches=1")
-    with pytest.raises(ConfigError, match="rollout.ranks"):
-        load_config(None, ["--parallelism.rollout.ranks=-1"])
-    cfg = load_config(None, ["--parallelism.rollout.ranks=2", "--parallelism.rollout.tp=2"])
-    learner, rollout = split_world(cfg.parallelism, 6)
+    with pytest.raises(ConfigError, match="rollout_ranks"):
+        load_config(None, ["--async_rl.rollout_ranks=-1"])
+    cfg = load_config(None, ["--async_rl.rollout_ranks=2", "--async_rl.rollout_tp=2",
+                             "--rl.steps=1"])
+    learner, rollout = split_world(cfg, 6)
     assert (learner.world_size, learner.dp_shard, rollout.first_rank, rollout.tp) == (4, 4, 4, 2)
 
 
@@ -144,3 +144,33 @@ def test_rl_config_errors():
         preflight(load_config("debug_model.toml", ["--rollout.temperature=0"]), 1)
     with pytest.raises(ValueError, match="minibatches"):
         preflight(load_config("debug_model.toml", ["--rl.minibatches=3"]), 2)
+
+
+def test_moved_keys_name_their_new_place(tmp_path):
+    for old, new in (("--task.max_digits=2", "task.arithmetic.max_digits"),
+                     ("--drafter.warmup_steps=3", "drafter.distill_steps"),
+                     ("--rl.stale_policy=drop", "async_rl.stale_batches"),
+                     ("--parallelism.rollout.ranks=1", r"\[async_rl\] rollout_ranks"),
+                     ("--drafter.draft_layers=2", "drafter.draft_model.layers")):
+        with pytest.raises(ConfigError, match=rf"has moved: it is now {new}"):
+            load_config("debug_model.toml", [old])
+    path = tmp_path / "old.toml"
+    path.write_text("[rl]\nmax_policy_lag = 2\n")
+    with pytest.raises(ConfigError, match=r"\[rl\]\.max_policy_lag in .*old\.toml has moved"):
+        load_config(str(path))
+
+
+def test_a_kind_table_must_belong_to_the_chosen_kind(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[task.jsonl\].path .* applies to task.name=jsonl, "
+                                          r"but task.name=arithmetic"):
+        load_config("debug_model.toml", ["--task.jsonl.path=x.jsonl"])
+    with pytest.raises(ConfigError, match=r"\[drafter.mtp\].num_heads .* drafter.kind=eagle"):
+        load_config("debug_model.toml", ["--drafter.mtp.num_heads=3"])
+    path = tmp_path / "mixed.toml"
+    path.write_text('[drafter]\nkind = "eagle"\n[drafter.draft_model]\nlayers = 2\n')
+    with pytest.raises(ConfigError, match="mixed.toml applies to drafter.kind=draft_model"):
+        load_config(str(path))
+    # Choosing another kind on the command line leaves the file's own kind table alone.
+    cfg = load_config("debug_model.toml", ["--task.name=jsonl", "--task.jsonl.path=x.jsonl"])
+    assert cfg.task.jsonl.path == "x.jsonl" and cfg.task.arithmetic.max_digits == 3
+

@@ -15,7 +15,7 @@ def test_find_continuation_takes_the_last_occurrence():
 
 def _request(sequences, group_ids, k=3):
     return DraftRequest(slots=list(range(len(sequences))), sequences=sequences,
-                        group_ids=group_ids, k=k, params=SamplingParams(), generators=[],
+                        group_ids=group_ids, k=k, sampling=SamplingParams(), generators=[],
                         vocab_size=64, device=torch.device("cpu"))
 
 

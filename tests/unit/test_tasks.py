@@ -108,9 +108,9 @@ def test_jsonl_skip_counts_bad_lines(tmp_path, caplog):
 
 
 def test_jsonl_config_errors(tmp_path):
-    with pytest.raises(ValueError, match="task.path"):
+    with pytest.raises(ValueError, match=r"\[task.jsonl\] path"):
         load_config(None, ["--task.name=jsonl"])
-    cfg = load_config(None, ["--task.name=jsonl", f"--task.path={tmp_path}/missing.jsonl"])
+    cfg = load_config(None, ["--task.name=jsonl", f"--task.jsonl.path={tmp_path}/missing.jsonl"])
     with pytest.raises(ValueError, match="is not a file"):
         task_from_config(cfg.task)
     empty = _write(tmp_path / "empty.jsonl", ["{oops"])

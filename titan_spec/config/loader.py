@@ -12,12 +12,31 @@ from pathlib import Path
 import tomli
 
 from .schema import TABLES, JobConfig
+from .validate import KIND_TABLES, ConfigError, check_kind_tables, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "train_configs"
 
 
-class ConfigError(ValueError):
-    """A user mistake in a config file or on the command line."""
+# Keys that moved (old dotted key -> where it lives now); a config still using one gets told.
+RENAMED = {
+    "task.min_digits": "task.arithmetic.min_digits",
+    "task.max_digits": "task.arithmetic.max_digits",
+    "task.min_items": "task.countdown.min_items (or task.sorting.min_items)",
+    "task.max_items": "task.countdown.max_items (or task.sorting.max_items)",
+    "task.path": "task.jsonl.path",
+    "task.on_bad_line": "task.jsonl.on_bad_line",
+    "drafter.warmup_steps": "drafter.distill_steps",
+    "drafter.draft_flavor": "drafter.draft_model.flavor",
+    "drafter.draft_layers": "drafter.draft_model.layers",
+    "drafter.num_heads": "drafter.mtp.num_heads",
+    "rl.max_policy_lag": "async_rl.max_policy_lag",
+    "rl.is_cap": "async_rl.is_cap",
+    "rl.stale_policy": "async_rl.stale_batches",
+    "rl.inflight_weight_updates": "async_rl.inflight_weight_updates",
+    "parallelism.rollout": "[async_rl] rollout_ranks / rollout_tp",
+    "parallelism.rollout.ranks": "async_rl.rollout_ranks",
+    "parallelism.rollout.tp": "async_rl.rollout_tp",
+}
 
 
 def _suggest(word: str, options) -> str:
@@ -79,6 +98,9 @@ def _apply_table(obj, table: dict, table_name: str, source: str) -> None:
     meta = {f.name: f.metadata for f in fields(obj)}
     for key, value in table.items():
         where = f"[{table_name}].{key} in {source}"
+        if key not in types_by_name and f"{table_name}.{key}" in RENAMED:
+            raise ConfigError(f"[{table_name}].{key} in {source} has moved: it is now "
+                              f"{RENAMED[f'{table_name}.{key}']}.")
         if key not in types_by_name:
             raise ConfigError(
                 f"unknown key [{table_name}].{key} in {source}.{_suggest(key, types_by_name)}"
@@ -134,7 +156,7 @@ def parse_overrides(args: list[str]) -> dict:
             i += 2
         *tables, name = key.split(".")
         target = out
-        for table in tables:  # --parallelism.rollout.ranks=2 -> nested tables
+        for table in tables:  # --task.jsonl.path=x -> nested tables
             target = target.setdefault(table, {})
             if not isinstance(target, dict):
                 raise ConfigError(f"command-line option '--{key}' sets a table and a value.")
@@ -142,8 +164,16 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        keys |= _dotted_keys(value, f"{prefix}{key}.") if isinstance(value, dict) \
+            else {prefix + key}
+    return keys
+
+
 def load_config(name: str | None, overrides: list[str] | tuple = ()) -> JobConfig:
-    cfg = JobConfig()
+    cfg, set_keys = JobConfig(), {}
     if name:
         path = resolve_config_path(name)
         try:
@@ -151,85 +181,13 @@ def load_config(name: str | None, overrides: list[str] | tuple = ()) -> JobConfi
         except tomli.TOMLDecodeError as err:
             raise ConfigError(f"{path} is not valid TOML: {err}") from err
         apply_dict(cfg, data, str(path))
-    apply_dict(cfg, parse_overrides(list(overrides)), "the command line")
+        set_keys[str(path)] = _dotted_keys(data)
+    cli = parse_overrides(list(overrides))
+    apply_dict(cfg, cli, "the command line")
+    set_keys["the command line"] = _dotted_keys(cli)
+    check_kind_tables(cfg, set_keys)
     validate(cfg)
     return cfg
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"[{key.split('.')[0]}].{key.split('.', 1)[1]}: {message}")
-
-
-def validate(cfg: JobConfig) -> None:
-    """Value checks that need no knowledge of the world size."""
-    t, p, s = cfg.training, cfg.parallelism, cfg.sft
-    _check(t.global_batch_size > 0, "training.global_batch_size", "must be > 0.")
-    _check(t.grad_accum_steps > 0, "training.grad_accum_steps", "must be > 0.")
-    _check(t.seq_len > 1, "training.seq_len", "must be > 1.")
-    _check(t.max_grad_norm >= 0, "training.max_grad_norm", "must be >= 0 (0 disables clipping).")
-    _check(t.threads_per_rank >= 1, "training.threads_per_rank", "must be >= 1.")
-    for key in ("dp_replicate", "tp", "ep"):
-        _check(getattr(p, key) >= 1, f"parallelism.{key}", "must be >= 1.")
-    _check(p.dp_shard == -1 or p.dp_shard >= 1, "parallelism.dp_shard",
-           "must be -1 (auto) or >= 1.")
-    _check(p.rollout.ranks >= 0, "parallelism.rollout.ranks", "must be >= 0 (0: colocated).")
-    _check(p.rollout.tp >= 1, "parallelism.rollout.tp", "must be >= 1.")
-    _check(cfg.job.world_size >= 0, "job.world_size", "must be >= 0 (0: the launcher's NPROC).")
-    _check(cfg.job.device_memory_gib > 0, "job.device_memory_gib", "must be > 0.")
-    _check(s.steps >= 0, "sft.steps", "must be >= 0.")
-    _check(s.eval_problems >= 0, "sft.eval_problems", "must be >= 0 (0 disables).")
-    task = cfg.task
-    _check(1 <= task.min_digits <= task.max_digits, "task.min_digits",
-           f"need 1 <= min_digits ({task.min_digits}) <= max_digits ({task.max_digits}).")
-    _check(1 <= task.min_items <= task.max_items, "task.min_items",
-           f"need 1 <= min_items ({task.min_items}) <= max_items ({task.max_items}).")
-    _check(task.name != "jsonl" or bool(task.path), "task.path",
-           "task.name=jsonl needs task.path=<file.jsonl>.")
-    _validate_rl(cfg)
-    o = cfg.optimizer
-    _check(o.lr > 0, "optimizer.lr", "must be > 0.")
-    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optimizer.beta1", "betas must be in [0, 1).")
-    _check(o.eps > 0, "optimizer.eps", "must be > 0.")
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0.")
-    lr = cfg.lr_scheduler
-    _check(lr.warmup_steps >= 0, "lr_scheduler.warmup_steps", "must be >= 0.")
-    _check(0 <= lr.min_lr_ratio <= 1, "lr_scheduler.min_lr_ratio", "must be in [0, 1].")
-    c = cfg.checkpoint
-    _check(c.interval > 0, "checkpoint.interval", "must be > 0.")
-    _check(c.keep_latest_k >= 0, "checkpoint.keep_latest_k", "must be >= 0 (0 keeps all).")
-    _check(cfg.metrics.log_freq > 0, "metrics.log_freq", "must be > 0.")
-
-
-def _validate_rl(cfg: JobConfig) -> None:
-    r, ro, d = cfg.rl, cfg.rollout, cfg.drafter
-    _check(r.steps >= 0, "rl.steps", "must be >= 0 (0 runs SFT only).")
-    _check(r.prompts_per_step > 0, "rl.prompts_per_step", "must be > 0.")
-    _check(r.group_size >= 2, "rl.group_size",
-           "must be >= 2: group-relative advantages need at least two samples per prompt.")
-    _check(r.lr > 0, "rl.lr", "must be > 0.")
-    _check(r.warmup_steps >= 0, "rl.warmup_steps", "must be >= 0.")
-    _check(0 < r.clip_low < 1, "rl.clip_low", "must be in (0, 1).")
-    _check(r.clip_high > 0, "rl.clip_high", "must be > 0.")
-    _check(r.kl_coef >= 0, "rl.kl_coef", "must be >= 0.")
-    _check(r.minibatches >= 1, "rl.minibatches", "must be >= 1.")
-    _check(r.eval_problems >= 0, "rl.eval_problems", "must be >= 0 (0 disables).")
-    _check(r.max_policy_lag >= 0, "rl.max_policy_lag", "must be >= 0.")
-    _check(r.is_cap >= 1, "rl.is_cap", "must be >= 1 (weights above it are truncated).")
-    _check(ro.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1.")
-    _check(ro.temperature >= 0, "rollout.temperature", "must be >= 0 (0 is greedy).")
-    _check(0 < ro.top_p <= 1, "rollout.top_p", "must be in (0, 1].")
-    _check(ro.top_k >= 0, "rollout.top_k", "must be >= 0 (0 disables).")
-    _check(ro.max_batch_size >= 1, "rollout.max_batch_size", "must be >= 1.")
-    _check(d.num_draft_tokens >= 0, "drafter.num_draft_tokens", "must be >= 0.")
-    _check(d.warmup_steps >= 0, "drafter.warmup_steps", "must be >= 0.")
-    _check(d.lr > 0, "drafter.lr", "must be > 0.")
-    _check(d.max_grad_norm >= 0, "drafter.max_grad_norm", "must be >= 0 (0 disables).")
-    _check(0 <= d.collapse_threshold < 1, "drafter.collapse_threshold", "must be in [0, 1).")
-    _check(d.num_heads >= 1, "drafter.num_heads", "must be >= 1.")
-    _check(not (d.adaptive and cfg.parallelism.tp > 1), "drafter.adaptive",
-           "needs parallelism.tp=1: tensor-parallel ranks must take identical decode steps, "
-           "and adaptive k follows each rank's own timings. Set drafter.adaptive=false.")
 
 
 def to_dict(cfg) -> dict:
@@ -259,8 +217,13 @@ def _toml_table(name: str, values: dict) -> list[str]:
 
 
 def to_toml(cfg: JobConfig) -> str:
-    lines = []
-    for table, values in to_dict(cfg).items():
+    """The resolved config as TOML; of the per-kind sub-tables only the chosen kind's."""
+    lines, data = [], to_dict(cfg)
+    for table, choice in KIND_TABLES:
+        chosen = data[table][choice]
+        data[table] = {k: v for k, v in data[table].items()
+                       if not isinstance(v, dict) or k == chosen}
+    for table, values in data.items():
         lines += _toml_table(table, values)
     return "\n".join(lines)
 

@@ -54,7 +54,7 @@ class SFTDataSource:
         if len(ids) > self.seq_len + 1:
             raise ValueError(
                 f"an SFT sample has {len(ids)} tokens but training.seq_len={self.seq_len}; raise "
-                "training.seq_len or make the task smaller (e.g. task.max_digits)."
+                "training.seq_len or make the task smaller (e.g. task.arithmetic.max_digits)."
             )
         return ids, len(prompt)
 

@@ -33,7 +33,7 @@ class DraftModelDrafter(CachedDrafter):
         logits = self._feed(tokens, positions, request.slots, attend_len)[:, -1]
         draft_ids, draft_probs = [], []
         for i in range(request.k):
-            probs = process_logits(logits, request.params, request.vocab_size)
+            probs = process_logits(logits, request.sampling, request.vocab_size)
             token = sample_rows(probs, request.generators)
             draft_ids.append(token)
             draft_probs.append(probs)

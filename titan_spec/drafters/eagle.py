@@ -84,7 +84,7 @@ class HeadChainDrafter(Drafter):
         slot_ids = torch.as_tensor(request.slots, device=device)
         draft_ids, draft_probs = [], []
         for i in range(request.k):
-            probs = process_logits(self._logits(predicted[:, -1]), request.params,
+            probs = process_logits(self._logits(predicted[:, -1]), request.sampling,
                                    request.vocab_size)
             token = sample_rows(probs, request.generators)
             draft_ids.append(token)

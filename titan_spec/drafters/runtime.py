@@ -47,8 +47,8 @@ class DrafterRuntime:
             model_cfg.flavor, attention_fp64=model_cfg.attention_fp64)
         trainable = build_trainable_drafter(
             cfg.kind, target, model_cfg.name, seed=seed + DRAFTER_SEED_OFFSET, device=device,
-            draft_flavor=cfg.draft_flavor, draft_layers=cfg.draft_layers,
-            num_heads=cfg.num_heads, head_args=full_args)
+            draft_flavor=cfg.draft_model.flavor, draft_layers=cfg.draft_model.layers,
+            num_heads=cfg.mtp.num_heads, head_args=full_args)
         return cls(cfg, trainable.drafter, trainable, dp_group)
 
     @property
@@ -83,16 +83,16 @@ class DrafterRuntime:
             first = str(err).splitlines()[0]
             raise ValueError(f"drafter.init_from={path} does not fit a {self.cfg.kind} "
                              f"drafter of this config ({first}); check drafter.kind, "
-                             "draft_flavor, draft_layers and num_heads.") from None
+                             "[drafter.draft_model] and [drafter.mtp].") from None
         log.info("drafter %s initialised from %s", self.cfg.kind, path)
         return True
 
     def warm_start(self, verifier, task, tokenizer, seq_len: int, seed: int, is_main: bool,
                    replicas: int, group=None) -> dict:
-        """Distil the drafter from the policy (drafter.warmup_steps) through `verifier()`, a
+        """Distil the drafter from the policy (drafter.distill_steps) through `verifier()`, a
         context yielding the policy; all `replicas` learner ranks (in `group`, None: every
         rank) then take the first rank's result."""
-        steps, start = self.cfg.warmup_steps, time.perf_counter()
+        steps, start = self.cfg.distill_steps, time.perf_counter()
         if steps:
             with verifier() as view:
                 self.trainable.distill(view, task, tokenizer, steps, lr=self.cfg.lr, seed=seed,

@@ -61,7 +61,7 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
         overrides = {"n_layers": draft_layers} if draft_layers else {}
         model = build_model(model_name, draft_flavor, device=device, seed=seed, **overrides)
         if model.args.vocab_size < target.args.vocab_size:
-            raise ValueError(f"drafter.draft_flavor={draft_flavor} has a smaller vocabulary "
+            raise ValueError(f"drafter.draft_model.flavor={draft_flavor} has a smaller vocabulary "
                              f"({model.args.vocab_size}) than the policy "
                              f"({target.args.vocab_size}); pick a flavor with the same one.")
         return TrainableDrafter(kind, model, build_drafter("draft_model", model=model))

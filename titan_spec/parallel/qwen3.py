@@ -9,24 +9,15 @@ import torch
 from .activation_checkpoint import apply_activation_checkpointing
 from .expert_parallel import apply_expert_parallel
 from .fsdp import apply_fsdp
-from .tensor_parallel import apply_tensor_parallel, check_tp_divisibility
+from .tensor_parallel import apply_tensor_parallel
 
 
 def parallelize_qwen3(model, parallel_dims, parallelism, device_type: str):
-    args = model.args
-    if parallel_dims.tp > 1:
-        check_tp_divisibility(args, parallel_dims.tp)
+    """The layout was checked against the model by titan_spec/preflight.py."""
+    if parallel_dims.tp_enabled:
         apply_tensor_parallel(model, parallel_dims.mesh("tp"))
-    if parallel_dims.ep > 1:
-        if not args.is_moe:
-            raise ValueError(
-                f"parallelism.ep={parallel_dims.ep} needs an MoE model, but flavor has no experts; "
-                "set parallelism.ep=1 or use an MoE flavor such as debug_moe."
-            )
-        if args.num_experts % parallel_dims.ep:
-            raise ValueError(
-                f"parallelism.ep={parallel_dims.ep} must divide num_experts={args.num_experts}."
-            )
+    if parallel_dims.ep_enabled:
+        assert model.args.is_moe and model.args.num_experts % parallel_dims.ep == 0
         apply_expert_parallel(model, parallel_dims.mesh("ep"))
     if parallelism.activation_checkpoint == "full":
         apply_activation_checkpointing(model)

@@ -71,7 +71,7 @@ def check_rollout_tp(args, tp: int) -> None:
     if args.n_kv_heads % tp and tp % args.n_kv_heads:
         bad["n_kv_heads"] = args.n_kv_heads
     if bad:
-        raise ValueError(f"parallelism.rollout.tp={tp} must divide the model's {bad} (and "
+        raise ValueError(f"async_rl.rollout_tp={tp} must divide the model's {bad} (and "
                          f"n_kv_heads={args.n_kv_heads} must divide tp or be divided by it); "
                          f"choose a tp that fits {sizes}.")
 

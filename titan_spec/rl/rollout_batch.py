@@ -51,9 +51,9 @@ def chunks(count: int, parts: int):
     return [(start, min(start + size, count)) for start in range(0, count, size)]
 
 
-def learner_logprobs(logits, batch: RolloutBatch, start: int, stop: int, params,
+def learner_logprobs(logits, batch: RolloutBatch, start: int, stop: int, sampling,
                      vocab_size: int) -> torch.Tensor:
-    return token_logprobs(logits, batch.targets[start:stop], params, vocab_size) \
+    return token_logprobs(logits, batch.targets[start:stop], sampling, vocab_size) \
         * batch.mask[start:stop]
 
 

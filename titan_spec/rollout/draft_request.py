@@ -16,7 +16,7 @@ class DraftRequest:
     sequences: list[list[int]]  # committed tokens (prompt + generated) of each row
     group_ids: list  # GRPO group of each row (rows of one prompt share it)
     k: int  # tokens to propose per row
-    params: object  # SamplingParams: drafters sample from the same processed distribution
+    sampling: object  # SamplingParams: drafters sample from the same processed distribution
     generators: list[torch.Generator]  # per-row draft random stream
     vocab_size: int
     device: torch.device

@@ -79,14 +79,14 @@ class RolloutEngine:
 
     # ---------------------------------------------------------------- public API
     @torch.no_grad()
-    def generate(self, prompt_token_ids: list[list[int]], params: SamplingParams,
+    def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams,
                  group_ids: list | None = None,
                  between_iterations: Callable[[], None] | None = None) -> list[Completion]:
         """between_iterations: called between decode iterations; it may update the target's
         and drafter's weights in place (async RL's in-flight updates). Tokens already in the
         KV cache stay; each new token is still sampled exactly from the current target."""
         self._check_prompts(prompt_token_ids, group_ids)
-        base_seed = params.seed if params.seed is not None else int(
+        base_seed = sampling.seed if sampling.seed is not None else int(
             torch.randint(0, 2**31, (1,)))
         queue = deque(range(len(prompt_token_ids)))
         slots: list[_Sequence | None] = [None] * self.max_batch_size
@@ -109,9 +109,9 @@ class RolloutEngine:
             while queue or any(slots):
                 if between_iterations is not None and stats["iterations"]:
                     between_iterations()
-                self._admit(queue, slots, prompt_token_ids, group_ids, params, base_seed)
+                self._admit(queue, slots, prompt_token_ids, group_ids, sampling, base_seed)
                 active = [i for i, seq in enumerate(slots) if seq is not None]
-                self._step(active, slots, params, stats)
+                self._step(active, slots, sampling, stats)
                 for slot in active:
                     seq = slots[slot]
                     if seq.finish_reason is not None:
@@ -151,7 +151,7 @@ class RolloutEngine:
             gens[name] = gen
         return gens
 
-    def _admit(self, queue, slots, prompts, group_ids, params, base_seed):
+    def _admit(self, queue, slots, prompts, group_ids, sampling, base_seed):
         free = [i for i, seq in enumerate(slots) if seq is None]
         new_slots, new_prompts = [], []
         for slot in free:
@@ -194,12 +194,12 @@ class RolloutEngine:
         room = min(self.max_seq_len - len(s.tokens) for s in sequences)
         return max(0, min(k, room))
 
-    def _draft(self, active, sequences, k, params):
+    def _draft(self, active, sequences, k, sampling):
         if k == 0:
             return torch.zeros((len(active), 0), dtype=torch.long, device=self.device), None
         request = DraftRequest(
             slots=active, sequences=[s.tokens for s in sequences],
-            group_ids=[s.group_id for s in sequences], k=k, params=params,
+            group_ids=[s.group_id for s in sequences], k=k, sampling=sampling,
             generators=[s.generators["draft"] for s in sequences], vocab_size=self.vocab_size,
             device=self.device, extras={"hidden": self.hidden})
         return self.drafter.propose(request)
@@ -212,11 +212,11 @@ class RolloutEngine:
                              for s in sequences]).clamp_(min=_TINY)
         return uniforms, noise
 
-    def _step(self, active, slots, params, stats):
+    def _step(self, active, slots, sampling, stats):
         sequences = [slots[i] for i in active]
         k = self._choose_k(sequences)
         t0 = time.perf_counter()
-        draft_ids, draft_probs = self._draft(active, sequences, k, params)
+        draft_ids, draft_probs = self._draft(active, sequences, k, sampling)
         t1 = time.perf_counter()
         lengths = torch.tensor([len(s.tokens) for s in sequences], device=self.device)
         last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
@@ -224,7 +224,7 @@ class RolloutEngine:
         positions = (lengths - 1).unsqueeze(1) + torch.arange(k + 1, device=self.device)
         logits = self._forward(inputs, positions, torch.tensor(active, device=self.device),
                                max(len(s.tokens) for s in sequences) + k)
-        target_probs = process_logits(logits[..., : self.vocab_size], params)  # [B, k+1, V]
+        target_probs = process_logits(logits[..., : self.vocab_size], sampling)  # [B, k+1, V]
         uniforms, noise = self._random(sequences, k)
         if draft_probs is not None:
             draft_probs = draft_probs[..., : self.vocab_size]
@@ -238,11 +238,11 @@ class RolloutEngine:
         stats["sequence_steps"] += len(sequences)
         for seq, tokens, token_logprobs in zip(sequences, emitted_rows, logprob_rows,
                                                strict=True):
-            self._commit(seq, tokens, token_logprobs, k, params, stats)
+            self._commit(seq, tokens, token_logprobs, k, sampling, stats)
         if self.adaptive_k is not None:
             self.adaptive_k.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows)
 
-    def _commit(self, seq, tokens, token_logprobs, k, params, stats):
+    def _commit(self, seq, tokens, token_logprobs, k, sampling, stats):
         num_accepted = next((i for i, t in enumerate(tokens) if t < 0), k + 1) - 1
         seq.stats["drafted"] += k
         seq.stats["accepted"] += num_accepted
@@ -258,9 +258,9 @@ class RolloutEngine:
             seq.tokens.append(token)
             seq.logprobs.append(logprob)
             stats["tokens"] += 1
-            if token in params.stop_token_ids:
+            if token in sampling.stop_token_ids:
                 seq.finish_reason = "stop"
-            elif seq.generated >= params.max_new_tokens or len(seq.tokens) >= self.max_seq_len:
+            elif seq.generated >= sampling.max_new_tokens or len(seq.tokens) >= self.max_seq_len:
                 seq.finish_reason = "length"
             if seq.finish_reason:
                 break

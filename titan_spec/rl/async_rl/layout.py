@@ -30,23 +30,23 @@ class AsyncLayout:
 
 
 def build_async_layout(cfg, env) -> AsyncLayout:
-    learner, rollout = split_world(cfg.parallelism, env.world_size)
+    learner, rollout = split_world(cfg, env.world_size)
     learner.build_meshes(env.device.type)
     rollout.build_meshes(env.device.type)
     learner_group = dist.new_group(list(range(learner.world_size)))
     rollout_ranks = list(range(learner.world_size, env.world_size))
-    tp = cfg.parallelism.rollout.tp
+    tp = cfg.async_rl.rollout_tp
     tp_rank = rollout.tp_rank() if rollout.contains(env.rank) else 0
     args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
     fanout, staging = None, DEFAULT_STAGING_BYTES
-    if cfg.rl.stale_policy == "drop":
+    if cfg.async_rl.stale_batches == "drop":
         # A replica blocked on its bounded queue takes no sync until the learner takes its
         # batch: so no replica may relay another's buckets (one broadcast per replica), and
         # the learner must never wait for buckets to be taken (unbounded staging).
         fanout = [rollout_ranks[i:i + tp] for i in range(0, len(rollout_ranks), tp)]
         staging = None
         if env.rank == 0:
-            log.warning("rl.stale_policy=drop: learner rank 0 holds every weight sync not "
+            log.warning("async_rl.stale_batches=drop: learner rank 0 holds every weight sync not "
                         "yet taken, up to about max_policy_lag + 2 fp32 copies of the "
                         "policy (%.1f GiB each)", args.num_params() * 4 / 2**30)
     policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
@@ -55,5 +55,6 @@ def build_async_layout(cfg, env) -> AsyncLayout:
     drafter_sync = WeightSync(0, rollout_ranks, device=env.device, fanout=fanout,
                               staging_bytes=staging)  # drafters: held whole
     leaders = rollout_ranks[::tp]
-    queue = RolloutQueue(cfg.rl.max_policy_lag + 1, leaders, learner_group, learner.world_size)
+    queue = RolloutQueue(cfg.async_rl.max_policy_lag + 1, leaders, learner_group,
+                         learner.world_size)
     return AsyncLayout(learner, rollout, learner_group, policy_sync, drafter_sync, queue)

@@ -29,16 +29,16 @@ class WeightPublisher:
     """Sends the policy (and drafter) to the rollout mesh after a step, while some later batch
     can still use that version (schedule.py)."""
 
-    def __init__(self, policy_sync, drafter_sync, rl_cfg, total_steps: int):
+    def __init__(self, policy_sync, drafter_sync, async_cfg, total_steps: int):
         self.policy_sync, self.drafter_sync = policy_sync, drafter_sync
-        self.rl, self.total_steps = rl_cfg, total_steps
+        self.async_cfg, self.total_steps = async_cfg, total_steps
         self.start = 0  # the global step this run's schedule counts from
 
     def maybe_send(self, step: int, model, version: int, drafter, drafter_version: int) -> dict:
         """-> {weight_sync_bytes, seconds} (zeros when nothing was sent)."""
         done = step - self.start  # steps since the start: the sync number done + 1
-        if done + 1 > syncs_sent(self.total_steps - self.start, self.rl.max_policy_lag,
-                                 self.rl.stale_policy):
+        if done + 1 > syncs_sent(self.total_steps - self.start, self.async_cfg.max_policy_lag,
+                                 self.async_cfg.stale_batches):
             return {"weight_sync_bytes": 0, "seconds": 0.0}
         report = self.policy_sync.send(model, version)
         sent, seconds = report.bytes, report.seconds
@@ -54,9 +54,11 @@ class WeightPublisher:
 
 
 class AsyncRL:
-    def __init__(self, learner, data, drafters, state, queue, publisher, rl_cfg, is_main: bool):
+    def __init__(self, learner, data, drafters, state, queue, publisher, rl_cfg, async_cfg,
+                 is_main: bool):
         self.learner, self.data, self.drafters, self.state = learner, data, drafters, state
-        self.queue, self.publisher, self.rl, self.is_main = queue, publisher, rl_cfg, is_main
+        self.queue, self.publisher, self.is_main = queue, publisher, is_main
+        self.rl, self.async_cfg = rl_cfg, async_cfg
 
     def begin(self) -> None:
         """The schedule counts from here; the rollout side starts from these weights."""
@@ -76,8 +78,8 @@ class AsyncRL:
             messages = self.queue.take()
         batch = self._my_batch(messages)
         lags = state.policy_version - batch.policy_versions
-        stale = lags > self.rl.max_policy_lag
-        assert self.rl.stale_policy == "drop" or not stale.any(), "the schedule bounds the lag"
+        stale = lags > self.async_cfg.max_policy_lag
+        assert self.async_cfg.stale_batches == "drop" or not stale.any(), "the schedule bounds it"
         batch.mask = batch.mask * (~stale).to(batch.mask).unsqueeze(1)  # too old: no loss
         sampling = self.data.sampling(step, learner.dims.dp_rank())
         global_tokens = float(all_reduce_dp(learner.dims, batch.mask.sum().double()))
@@ -86,7 +88,7 @@ class AsyncRL:
                                    max(global_tokens, 1.0), timer)
         state.drafter_version += self.drafters.adapter is not None
         batch.is_weights = truncated_is_weights(batch.old_logprobs, batch.behaviour_logprobs,
-                                                lags, batch.mask, self.rl.is_cap)
+                                                lags, batch.mask, self.async_cfg.is_cap)
         lr, trained = learner.lr, {}
         # Every group dropped: no update (an optimizer step on zero gradients still moves).
         if global_tokens > 0:
@@ -99,7 +101,7 @@ class AsyncRL:
         return {"step": step, "phase": "rl", "lr": lr, **trained, **scored, **synced,
                 **rollout.record(self.drafters, self.is_main),
                 **batch_record(batch, rollout.samples, learner.dims, learner.device, lags,
-                               self.rl.max_policy_lag),
+                               self.async_cfg.max_policy_lag),
                 **timer.record(), "memory_gib": memory_gib(learner.device)}
 
     def _my_batch(self, messages):

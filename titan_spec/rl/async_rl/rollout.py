@@ -18,13 +18,13 @@ from .schedule import share_start_point, syncs_sent, weights_needed
 
 
 class RolloutWorker:
-    def __init__(self, data, drafters, model, full_shapes: dict, layout, rl_cfg, rollout_cfg,
+    def __init__(self, data, drafters, model, full_shapes: dict, layout, async_cfg, rollout_cfg,
                  vocab_size: int, device, steps: tuple[int, int]):
         """steps: (sft steps, sft + rl steps) of the job: RL batches are generated after SFT."""
         self.data, self.drafters, self.model, self.full_shapes = data, drafters, model, full_shapes
         self.dims, self.queue = layout.rollout_dims, layout.queue
         self.policy_sync, self.drafter_sync = layout.policy_sync, layout.drafter_sync
-        self.rl, self.rollout = rl_cfg, rollout_cfg
+        self.async_cfg, self.rollout = async_cfg, rollout_cfg
         self.vocab_size, self.device = vocab_size, device
         self.version, self.drafter_version, self.syncs, self.total_syncs = -1, 0, 0, 0
         self.replica, self.replicas = self.dims.dp_rank(), self.dims.dp
@@ -46,7 +46,7 @@ class RolloutWorker:
         full = build_model(cfg.model.name, cfg.model.flavor, device="meta")
         full_shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
         drafters = DrafterRuntime.build(cfg.drafter, cfg.model, model, cfg.job.seed, env.device)
-        return cls(data, drafters, model, full_shapes, layout, cfg.rl, cfg.rollout,
+        return cls(data, drafters, model, full_shapes, layout, cfg.async_rl, cfg.rollout,
                    data.tokenizer.vocab_size, env.device,
                    (cfg.sft.steps, cfg.sft.steps + cfg.rl.steps))
 
@@ -60,12 +60,11 @@ class RolloutWorker:
 
     def generate_steps(self, first_step: int, total_steps: int) -> None:
         """Generate the batches of global steps first_step..total_steps."""
-        rl = self.rl
-        self.total_syncs = syncs_sent(total_steps - first_step + 1, rl.max_policy_lag,
-                                      rl.stale_policy)
+        lag, stale_batches = self.async_cfg.max_policy_lag, self.async_cfg.stale_batches
+        self.total_syncs = syncs_sent(total_steps - first_step + 1, lag, stale_batches)
         for step in range(first_step, total_steps + 1):
-            if rl.stale_policy == "wait":
-                wanted = 1 + weights_needed(step - first_step + 1, rl.max_policy_lag)
+            if stale_batches == "wait":
+                wanted = 1 + weights_needed(step - first_step + 1, lag)
             else:  # the first weights, then whatever has arrived
                 wanted = 1
                 self._take_arrived_syncs()
@@ -89,7 +88,7 @@ class RolloutWorker:
         start, first_version, first_drafter = time.perf_counter(), self.version, \
             self.drafter_version
         self.batch_updates, self.time_inflight = 0, 0.0
-        hook = self._between_iterations if self.rl.inflight_weight_updates else None
+        hook = self._between_iterations if self.async_cfg.inflight_weight_updates else None
         engine = self.drafters.engine(self.model, prompts.token_ids, self.rollout,
                                       self.vocab_size)
         completions = engine.generate(prompts.token_ids, sampling, prompts.group_ids, hook)
@@ -128,8 +127,8 @@ class RolloutWorker:
         return taken
 
     def _between_iterations(self) -> None:
-        """In-flight updates (rl.inflight_weight_updates): switch weights mid-batch. Their time
-        is its own figure, neither idle time before the batch nor generation."""
+        """In-flight updates (async_rl.inflight_weight_updates): switch weights mid-batch. Their
+        time is its own figure, neither idle time before the batch nor generation."""
         waited, start = self.time_waiting_for_weights, time.perf_counter()
         self.batch_updates += self._take_arrived_syncs()
         self.time_waiting_for_weights = waited

@@ -13,13 +13,13 @@ def weights_needed(step: int, max_lag: int) -> int:
     return max(0, step - 1 - max_lag)
 
 
-def syncs_sent(total_steps: int, max_lag: int, stale_policy: str) -> int:
+def syncs_sent(total_steps: int, max_lag: int, stale_batches: str) -> int:
     """Weight syncs the learner sends in a run of total_steps batches: the first (before step
     1), then one after each step whose version a later batch can still use. Under "wait" batch
     s uses exactly version s - 1 - max_lag; under "drop" any later batch may take the newest."""
     if total_steps <= 0:  # e.g. resumed from the run's last checkpoint: nothing is sent
         return 0
-    return 1 + weights_needed(total_steps, max_lag if stale_policy == "wait" else 0)
+    return 1 + weights_needed(total_steps, max_lag if stale_batches == "wait" else 0)
 
 
 def share_start_point(step: int = 0, version: int = 0) -> tuple[int, int]:

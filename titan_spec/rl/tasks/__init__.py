@@ -27,8 +27,8 @@ def build_task(name: str, **kwargs) -> Task:
 
 
 def task_from_config(task_cfg) -> Task:
-    """Build from the [task] table; each task class reads the fields it uses."""
-    return _lookup(task_cfg.name).from_config(task_cfg)
+    """Build from the [task] table: the named task reads its own sub-table, [task.<name>]."""
+    return _lookup(task_cfg.name).from_config(getattr(task_cfg, task_cfg.name))
 
 
 __all__ = ["Problem", "Task", "TASKS", "build_task", "task_from_config"]

@@ -87,10 +87,10 @@ def load_jsonl(path: str, on_bad_line: str = "error") -> tuple[list[Problem], li
     """-> (problems, bad-line reports). on_bad_line: 'error' raises at the first bad line,
     'skip' skips and reports them."""
     if on_bad_line not in ("error", "skip"):
-        raise ValueError(f"task.on_bad_line={on_bad_line!r}: use 'error' or 'skip'.")
+        raise ValueError(f"task.jsonl.on_bad_line={on_bad_line!r}: use 'error' or 'skip'.")
     file = Path(path)
     if not file.is_file():
-        raise ValueError(f"task.path={path!r} is not a file; point it at a JSONL dataset.")
+        raise ValueError(f"task.jsonl.path={path!r} is not a file; point it at a JSONL dataset.")
     problems, bad = [], []
     with file.open(encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -101,8 +101,8 @@ def load_jsonl(path: str, on_bad_line: str = "error") -> tuple[list[Problem], li
             except ValueError as err:
                 report = f"{file}:{number}: {err}"
                 if on_bad_line == "error":
-                    raise ValueError(f"{report}; fix the line or set task.on_bad_line=skip.") \
-                        from None
+                    raise ValueError(f"{report}; fix the line or set "
+                                     "task.jsonl.on_bad_line=skip.") from None
                 bad.append(report)
     if not problems:
         raise ValueError(f"{file} has no usable problems ({len(bad)} bad lines).")
@@ -118,8 +118,7 @@ class JsonlTask:
 
     @classmethod
     def from_config(cls, cfg) -> "JsonlTask":
-        if not cfg.path:
-            raise ValueError("task.name=jsonl needs task.path=<file.jsonl>.")
+        """cfg: [task.jsonl] (the config validates that path is set)."""
         return cls(cfg.path, cfg.on_bad_line)
 
     def sample(self, rng: random.Random) -> Problem:
