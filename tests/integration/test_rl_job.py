@@ -32,14 +32,6 @@ def _check_records(records, k=4):
     assert [r["drafter_version"] for r in records] == [0, 1]
 
 
-def test_single_process_rl_job(tmp_path, capsys):
-    _train(0, 1, [f"--job.dump_folder={tmp_path}"])
-    _check_records(_rl_records(tmp_path))
-    phases = [r["phase"] for r in read_metrics(tmp_path)]
-    assert phases.count("eval") == 2 and "drafter_warmup" in phases
-    assert "RL summary" in capsys.readouterr().out
-
-
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
 def test_colocated_rl_with_tensor_parallel_verifier(tmp_path):
@@ -49,7 +41,7 @@ def test_colocated_rl_with_tensor_parallel_verifier(tmp_path):
     _check_records(_rl_records(tmp_path))
 
 
-def test_plain_ngram_and_adaptive_rollouts(tmp_path):
+def test_plain_ngram_and_adaptive_rollouts(tmp_path, capsys):
     _train(0, 1, [f"--job.dump_folder={tmp_path}/plain", "--drafter.kind=none"])
     plain = _rl_records(f"{tmp_path}/plain")
     assert all(r["acceptance_length"] == 1.0 for r in plain)
@@ -61,9 +53,13 @@ def test_plain_ngram_and_adaptive_rollouts(tmp_path):
     assert [len(r["acceptance_rate_per_position"]) for r in ngram] == [4, 4]
     assert [r["drafter_version"] for r in ngram] == [0, 0] and "drafter_loss" not in ngram[0]
     assert all(r["logprob_mismatch_max"] <= 1e-5 for r in ngram)
-    # adaptive k over the online EAGLE head: still exact, and the head still adapts.
+    # The whole job on one process with adaptive k over the online EAGLE head: still exact,
+    # the head adapts, evals before and after RL, the summary table at the end.
     _train(0, 1, [f"--job.dump_folder={tmp_path}/adaptive", "--drafter.adaptive=true"])
     _check_records(_rl_records(f"{tmp_path}/adaptive"))
+    phases = [r["phase"] for r in read_metrics(f"{tmp_path}/adaptive")]
+    assert phases.count("eval") == 2 and "drafter_warmup" in phases
+    assert "RL summary" in capsys.readouterr().out
 
 
 def test_drafter_init_from_errors(tmp_path):
