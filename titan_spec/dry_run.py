@@ -30,12 +30,22 @@ def _local_numel(param) -> int:
     return (param.to_local() if hasattr(param, "to_local") else param).numel()
 
 
+def _meta_model(cfg):
+    """The job's model without storage (its shape from model.flavor or an HF config.json)."""
+    import torch
+
+    from titan_spec.formats.initial_load import model_args
+    from titan_spec.models import get_model_spec
+
+    with torch.device("meta"):
+        return get_model_spec(cfg.model.name).builder(model_args(cfg))
+
+
 def learner_plan(cfg, dims) -> dict:
-    from titan_spec.models import build_model
     from titan_spec.models.init import canonical_name
     from titan_spec.parallel.plans import parallelize
 
-    model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
+    model = _meta_model(cfg)
     parallelize(cfg.model.name, model, dims, cfg.parallelism, "cpu")
     local = {canonical_name(n): _local_numel(p) for n, p in model.named_parameters()}
     numel = sum(local.values())
@@ -44,11 +54,10 @@ def learner_plan(cfg, dims) -> dict:
 
 
 def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
-    from titan_spec.models import build_model
     from titan_spec.parallel.rollout_layout import rollout_local_args, rollout_slice
 
     tp = cfg.async_rl.rollout_tp
-    model = build_model(cfg.model.name, cfg.model.flavor, device="meta")
+    model = _meta_model(cfg)
     numel, layer0 = 0, 0
     for name, param in model.named_parameters():
         share = rollout_slice(name, param, tp, 0, args.n_kv_heads).numel()
@@ -90,7 +99,10 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
                      "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device
-    return {"model": f"{cfg.model.name}/{cfg.model.flavor}", "params": args.num_params(),
+    from titan_spec.formats.initial_load import hf_folder
+
+    source = hf_folder(cfg) or cfg.model.flavor
+    return {"model": f"{cfg.model.name}/{source}", "params": args.num_params(),
             "world_size": world_size, "device_memory_gib": device, "rows": rows,
             "learner_local_numel": learner["local_numel"]}
 

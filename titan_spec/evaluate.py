@@ -22,7 +22,7 @@ def evaluate(learner, task, tokenizer, count: int, seed: int, seq_len: int, step
     prompts = [encode_prompt(tokenizer, problem.prompt) for problem in mine]
     learner.model.eval()
     max_new = seq_len - max(map(len, prompts))
-    outputs = greedy_decode(learner.model, prompts, max_new, tokenizer.eos_id, tokenizer.pad_id,
+    outputs = greedy_decode(learner.model, prompts, max_new, tokenizer.stop_ids, tokenizer.pad_id,
                             learner.device, tokenizer.vocab_size, dims.tp, group=group)
     correct = sum(task.reward(problem, tokenizer.decode(ids))
                   for problem, ids in zip(mine, outputs, strict=True))

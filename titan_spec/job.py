@@ -8,10 +8,11 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
-from titan_spec.components.checkpoint import CheckpointManager
+from titan_spec.components.checkpoint import CheckpointManager, find_resume_point
 from titan_spec.components.lr_scheduler import refresh_after_load
 from titan_spec.components.metrics import MetricsLogger
 from titan_spec.config import to_toml
@@ -19,6 +20,8 @@ from titan_spec.data.sft import SFTDataSource
 from titan_spec.data.tokenizer import build_tokenizer
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.evaluate import evaluate
+from titan_spec.formats.hf import barrier, export_hf
+from titan_spec.formats.initial_load import hf_folder, tokenizer_spec
 from titan_spec.learner import Learner
 from titan_spec.preflight import preflight
 from titan_spec.rl.async_rl import (
@@ -66,7 +69,7 @@ def build_rank(cfg):
     elif env.world_size > 1:
         dims.build_meshes(env.device.type)
     torch.manual_seed(cfg.job.seed)
-    tokenizer = build_tokenizer(cfg.model.tokenizer)
+    tokenizer = build_tokenizer(tokenizer_spec(cfg), cfg.task.chat_template)
     task = task_from_config(cfg.task)
     rl_data = RLData(task, tokenizer, cfg.rl, cfg.rollout, cfg.job.seed, env.device)
     if layout is not None and not layout.learner_dims.contains(env.rank):
@@ -79,9 +82,14 @@ class LearnerJob:
         self.cfg, self.env, self.dims, self.layout = cfg, env, dims, layout
         self.tokenizer, self.task = tokenizer, task
         self.group = layout.learner_group if layout is not None else None
-        self.learner = Learner.build(cfg, dims, env.device, tokenizer.vocab_size)
-        self.drafters = DrafterRuntime.build(cfg.drafter, cfg.model, self.learner.model,
-                                             cfg.job.seed, env.device, dims.dp_group())
+        # A run that will resume need not read its initial weights first.
+        self.resume_path = find_resume_point(cfg.checkpoint,
+                                             Path(cfg.job.dump_folder) / cfg.checkpoint.folder)
+        self.learner = Learner.build(cfg, dims, env.device, tokenizer.vocab_size,
+                                     initial_weights=self.resume_path is None)
+        self.drafters = DrafterRuntime.build(cfg.drafter, cfg.model, self.learner.model.args,
+                                             self.learner.model, cfg.job.seed, env.device,
+                                             dims.dp_group())
         self.state = JobState(drafter_warm=self.drafters.init_from(env.device))
         self.sft_data = SFTDataSource(task, tokenizer, cfg.training.global_batch_size,
                                       cfg.training.seq_len, cfg.job.seed)
@@ -118,10 +126,7 @@ class LearnerJob:
     def _resume(self) -> tuple[bool, bool]:
         """Load the newest intact checkpoint (or checkpoint.load_path) -> (resumed, whether it
         held the KL reference)."""
-        ckpt = self.cfg.checkpoint
-        # An explicit load_path is honoured even when this run does not save checkpoints.
-        use_checkpoints = ckpt.enable or bool(ckpt.load_path)
-        path = self.checkpoint.find_resume_point() if use_checkpoints else None
+        path = self.resume_path  # an explicit load_path counts even when saves are off
         if path is None:
             return False, False
         saved = self.checkpoint.load(path)
@@ -141,6 +146,8 @@ class LearnerJob:
             self._run_sft()
         if state.step < total:
             self._run_rl(total)
+        if cfg.checkpoint.last_save_in_hf:
+            self.export_hf()
 
     def _run_sft(self) -> None:
         cfg, state = self.cfg, self.state
@@ -219,6 +226,21 @@ class LearnerJob:
         # Before RL starts the reference holds nothing: leave it out of the checkpoint.
         skip = () if self.reference_ready else ("reference",)
         self.checkpoint.save(self.state.step, asdict(self.state), skip=skip)
+
+    def export_hf(self) -> None:
+        """The policy (and a learnable drafter) as Hugging Face folders next to the
+        checkpoints: <folder>/step-N-hf and step-N-hf-drafter."""
+        ckpt, step = self.cfg.checkpoint, self.state.step
+        out = Path(self.cfg.job.dump_folder) / ckpt.folder / f"step-{step}-hf"
+        writer = self.env.rank == 0  # learner rank 0 (async learners come first)
+        options = {"writer": writer, "max_shard_bytes": ckpt.export_shard_mib << 20,
+                   "tokenizer": self.tokenizer}
+        export_hf(self.learner.model, out, self.cfg.model.name, ckpt.export_dtype,
+                  source_folder=hf_folder(self.cfg), **options)
+        if self.drafters.trainable is not None:
+            self.drafters.export(out.with_name(out.name + "-drafter"), self.cfg.model.name,
+                                 ckpt.export_dtype, **options)
+        barrier(self.group)
 
     def close(self) -> None:
         self.metrics.close()

@@ -14,8 +14,9 @@ from torch import nn
 
 from titan_spec.components.lr_scheduler import build_lr_scheduler
 from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
-from titan_spec.models import build_model, get_model_spec
-from titan_spec.models.init import materialize_and_init
+from titan_spec.formats.initial_load import hf_folder, load_initial_weights, model_args
+from titan_spec.models import get_model_spec
+from titan_spec.models.init import materialize, materialize_and_init
 from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.parallel.plans import parallelize
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
@@ -38,18 +39,23 @@ class Learner:
         self.reference: nn.Module | None = None  # the policy at RL start (KL term), whole
 
     @classmethod
-    def build(cls, cfg, dims, device, vocab_size: int) -> "Learner":
+    def build(cls, cfg, dims, device, vocab_size: int, initial_weights: bool = True) -> "Learner":
+        """initial_weights: fill the model from checkpoint.initial_load_path when set (False
+        when a checkpoint will be resumed into it anyway); otherwise it is initialised from
+        job.seed."""
         spec = get_model_spec(cfg.model.name)
-        model = build_model(cfg.model.name, cfg.model.flavor, device="meta",
-                            attention_fp64=cfg.model.attention_fp64)
+        with torch.device("meta"):
+            model = spec.builder(model_args(cfg))
         if model.args.vocab_size < vocab_size:
             raise ValueError(f"model vocab {model.args.vocab_size} < tokenizer vocab "
                              f"{vocab_size}; pick a matching model.flavor.")
         parallelize(cfg.model.name, model, dims, cfg.parallelism, device.type)
-        materialize_and_init(model, device, cfg.job.seed)
-        log.info("model %s/%s: %.2fM parameters, layout dp_replicate=%d dp_shard=%d tp=%d ep=%d",
-                 cfg.model.name, cfg.model.flavor, model.args.num_params() / 1e6,
-                 dims.dp_replicate, dims.dp_shard, dims.tp, dims.ep)
+        materialize(model, device)
+        if not (initial_weights and load_initial_weights(model, cfg)):
+            materialize_and_init(model, device, cfg.job.seed)
+        log.info("model %s/%s: %.2fM parameters, layout dp_replicate=%d dp_shard=%d tp=%d "
+                 "ep=%d", cfg.model.name, hf_folder(cfg) or cfg.model.flavor,
+                 model.args.num_params() / 1e6, dims.dp_replicate, dims.dp_shard, dims.tp, dims.ep)
         optimizer = build_optimizer(model, cfg.optimizer)
         scheduler = build_lr_scheduler(optimizer, cfg.lr_scheduler, cfg.sft.steps,
                                        cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)

@@ -5,7 +5,7 @@ run before it plans memory."""
 
 from __future__ import annotations
 
-from titan_spec.models import get_model_spec
+from titan_spec.formats.initial_load import check_initial_load, model_args, tokenizer_spec
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.rollout_layout import check_rollout_tp
 from titan_spec.parallel.tensor_parallel import check_tp_divisibility
@@ -14,7 +14,12 @@ from titan_spec.parallel.tensor_parallel import check_tp_divisibility
 def preflight(cfg, world_size: int) -> ParallelDims:
     """Every check that needs no process: degrees vs world size, model shape vs degrees,
     batch divisibility. Run by the launcher before it spawns workers, and by each worker."""
-    args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
+    args = model_args(cfg)
+    if cfg.checkpoint.initial_load_path:
+        from titan_spec.data.tokenizer import build_tokenizer
+
+        tokenizer = build_tokenizer(tokenizer_spec(cfg), cfg.task.chat_template)
+        check_initial_load(cfg, tokenizer.vocab_size)
     if cfg.async_rl.rollout_ranks:
         dims = _preflight_rollout_mesh(cfg, world_size, args)
     else:

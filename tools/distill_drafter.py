@@ -26,15 +26,18 @@ import torch.distributed.checkpoint as dcp
 from titan_spec.config import ConfigError, load_config
 from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
 from titan_spec.drafters.runtime import DrafterRuntime
-from titan_spec.models import build_model
+from titan_spec.formats.initial_load import model_args, tokenizer_spec
+from titan_spec.models import get_model_spec
+from titan_spec.models.init import materialize
 from titan_spec.rl.tasks import task_from_config
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
 
 
 def load_target(cfg, checkpoint: str):
-    model = build_model(cfg.model.name, cfg.model.flavor, seed=cfg.job.seed,
-                        attention_fp64=cfg.model.attention_fp64)
+    with torch.device("meta"):
+        model = get_model_spec(cfg.model.name).builder(model_args(cfg))
+    materialize(model, torch.device("cpu"))
     path = Path(checkpoint)
     if not (path / ".metadata").is_file():
         raise ValueError(f"{path} is not a DCP checkpoint step folder (no .metadata); pass e.g. "
@@ -51,7 +54,7 @@ def acceptance_length(target, drafter, task, tokenizer, problems: int, k: int, s
     engine = RolloutEngine(target, drafter, num_draft_tokens=k, max_batch_size=8,
                            max_seq_len=128, vocab_size=tokenizer.vocab_size)
     engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=96, seed=seed,
-                                            stop_token_ids=(tokenizer.eos_id,)))
+                                            stop_token_ids=tokenizer.stop_ids))
     return engine.last_stats["acceptance_length"]
 
 
@@ -91,10 +94,10 @@ def main(argv=None) -> int:
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"distill_drafter: {kind}: {err}", file=sys.stderr)
         return 2
-    tokenizer = build_tokenizer(cfg.model.tokenizer)
+    tokenizer = build_tokenizer(tokenizer_spec(cfg), cfg.task.chat_template)
     task = task_from_config(cfg.task)
     d, seed = cfg.drafter, cfg.job.seed
-    runtime = DrafterRuntime.build(d, cfg.model, target, seed, torch.device("cpu"))
+    runtime = DrafterRuntime.build(d, cfg.model, target.args, target, seed, torch.device("cpu"))
     losses = runtime.trainable.distill(target, task, tokenizer, d.distill_steps, lr=d.lr,
                                        seed=seed, seq_len=cfg.training.seq_len, log=print)
     accepted = acceptance_length(target, runtime.drafter, task, tokenizer, args.eval_problems,

@@ -97,9 +97,9 @@ def test_hf_adapter_round_trip(flavor):
     spec = get_model_spec("qwen3")
     model = build_model("qwen3", flavor)
     ours = model.state_dict()
-    hf = spec.to_hf(ours, model.args)
+    hf = spec.hf.to_hf(ours, model.args)
     assert any(k.startswith("model.layers.0.self_attn.q_proj") for k in hf)
-    back = spec.from_hf(hf, model.args)
+    back = spec.hf.from_hf(hf, model.args)
     assert set(back) == set(ours)
     assert all(torch.equal(back[k], ours[k]) for k in ours)
 
@@ -108,7 +108,7 @@ def test_hf_adapter_rejects_unknown_weight():
     spec = get_model_spec("qwen3")
     args = spec.args("debug")
     with pytest.raises(ValueError, match="unexpected Hugging Face weight"):
-        spec.from_hf({"model.layers.0.mlp.shared_expert.weight": torch.zeros(1)}, args)
+        spec.hf.from_hf({"model.layers.0.mlp.shared_expert.weight": torch.zeros(1)}, args)
 
 
 def test_unknown_flavor_and_override():

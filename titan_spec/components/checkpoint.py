@@ -87,6 +87,27 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def find_resume_point(cfg, folder: Path) -> Path | None:
+    """The explicit load_path (must verify), else the newest verifying checkpoint in `folder`
+    (with checkpoint.resume), else None."""
+    if cfg.load_path:
+        path = Path(cfg.load_path)
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
+                                  f"step-N folder such as {folder}/step-100.")
+        verify(path)
+        return path
+    if not (cfg.enable and cfg.resume):
+        return None
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            verify(path)
+            return path
+        except CheckpointError as err:
+            log.warning("skipping damaged checkpoint (%s); trying an older one", err)
+    return None
+
+
 class CheckpointManager:
     def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
                  world_size: int, extra: dict | None = None, group=None):
@@ -152,23 +173,7 @@ class CheckpointManager:
                 shutil.rmtree(path, ignore_errors=True)
 
     def find_resume_point(self) -> Path | None:
-        """The explicit load_path (must verify), else the newest verifying checkpoint."""
-        if self.cfg.load_path:
-            path = Path(self.cfg.load_path)
-            if not path.is_dir():
-                raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
-                                      f"step-N folder such as {self.folder}/step-100.")
-            verify(path)
-            return path
-        if not self.cfg.resume:
-            return None
-        for _, path in reversed(list_checkpoints(self.folder)):
-            try:
-                verify(path)
-                return path
-            except CheckpointError as err:
-                log.warning("skipping damaged checkpoint (%s); trying an older one", err)
-        return None
+        return find_resume_point(self.cfg, self.folder)
 
     def load(self, path: Path) -> dict:
         try:

@@ -46,6 +46,10 @@ class Task:
     sorting: NumberList = field(default_factory=NumberList,
                                 metadata={"help": "Sort the numbers."})
     jsonl: Jsonl = field(default_factory=Jsonl, metadata={"help": "A dataset file."})
+    chat_template: bool = opt(
+        False, "Wrap each prompt as one user turn of the tokenizer's chat template "
+        "(tokenizer_config.json or chat_template.jinja), generation prompt included."
+    )
 
 
 @dataclass

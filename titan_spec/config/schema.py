@@ -34,8 +34,9 @@ class Model:
     name: str = opt("qwen3", "Model family in the registry (titan_spec.models.registry).")
     flavor: str = opt("debug", "Shape preset of the family, e.g. debug, debug_moe, 0.6B, 8B.")
     tokenizer: str = opt(
-        "char", "'char' for the built-in character tokenizer of the synthetic tasks, "
-        "or a path to a Hugging Face tokenizer.json."
+        "auto", "auto (the tokenizer of checkpoint.initial_load_path when that is a Hugging "
+        "Face folder, else char), char (the built-in character tokenizer of the synthetic "
+        "tasks), or a path to a tokenizer.json or a folder holding one."
     )
     attention_fp64: bool = opt(
         False, "Compute attention in float64 (CPU fp32 runs): rollout (KV cache) and learner "
@@ -120,6 +121,24 @@ class Checkpoint:
         "checkpoint in `folder` if there is one."
     )
     resume: bool = opt(True, "Resume from the newest checkpoint in `folder` when present.")
+    initial_load_path: str = opt(
+        "", "Weights to start from when there is no checkpoint to resume: a Hugging Face model "
+        "folder (config.json + safetensors; the model's shape then comes from its config.json "
+        "and model.flavor is ignored) or one of our step-N folders (model weights only)."
+    )
+    initial_load_format: str = opt(
+        "hf", "Format of initial_load_path: hf (Hugging Face safetensors) or dcp (ours).",
+        choices=("hf", "dcp"),
+    )
+    last_save_in_hf: bool = opt(
+        False, "At the end of the run also write the policy as a Hugging Face folder "
+        "(<folder>/step-N-hf: config.json, safetensors shards + index, tokenizer and generation "
+        "config) and a learnable drafter next to it (step-N-hf-drafter)."
+    )
+    export_dtype: str = opt(
+        "float32", "dtype of the Hugging Face export.", choices=("float32", "bfloat16", "float16")
+    )
+    export_shard_mib: int = opt(4096, "Largest safetensors shard of the export, in MiB.")
 
 
 @dataclass

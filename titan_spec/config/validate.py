@@ -142,6 +142,11 @@ def _rest(cfg) -> None:
     _check(c.interval > 0, "checkpoint.interval", "must be > 0.")
     _check(c.keep_latest_k >= 0, "checkpoint.keep_latest_k", "must be >= 0 (0 keeps all).")
     _check(cfg.metrics.log_freq > 0, "metrics.log_freq", "must be > 0.")
+    _check(c.export_shard_mib > 0, "checkpoint.export_shard_mib", "must be > 0.")
+    _check(not (c.initial_load_path and c.initial_load_format == "hf"
+                and cfg.model.tokenizer == "char"), "model.tokenizer",
+           "is 'char' but checkpoint.initial_load_path is a Hugging Face model, whose ids are "
+           "its own tokenizer's; use model.tokenizer=auto (the folder's tokenizer) or a path.")
 
 
 # (table, the field choosing the kind): their sub-tables are per kind.

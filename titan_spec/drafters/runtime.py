@@ -11,7 +11,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from titan_spec.models import get_model_spec
+from titan_spec.formats.hf import export_hf, write_heads
 from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 
@@ -36,19 +36,19 @@ class DrafterRuntime:
             if cfg.adaptive and drafter is not None else None
 
     @classmethod
-    def build(cls, cfg, model_cfg, target, seed: int, device, dp_group=None) -> "DrafterRuntime":
-        """target: the module the drafter first serves (the learner, or an async rollout
-        rank's own model); dp_group: where online-adaptation gradients are summed."""
+    def build(cls, cfg, model_cfg, target_args, target, seed: int, device,
+              dp_group=None) -> "DrafterRuntime":
+        """target_args: the policy's full shape; target: the module the drafter first serves
+        (the learner, or an async rollout rank's own model); dp_group: where online-adaptation
+        gradients are summed."""
         if cfg.kind == "none" or cfg.num_draft_tokens == 0:
             return cls(cfg)
         if cfg.kind == "ngram":
             return cls(cfg, build_drafter("ngram"))
-        full_args = get_model_spec(model_cfg.name).args(
-            model_cfg.flavor, attention_fp64=model_cfg.attention_fp64)
         trainable = build_trainable_drafter(
             cfg.kind, target, model_cfg.name, seed=seed + DRAFTER_SEED_OFFSET, device=device,
             draft_flavor=cfg.draft_model.flavor, draft_layers=cfg.draft_model.layers,
-            num_heads=cfg.mtp.num_heads, head_args=full_args)
+            num_heads=cfg.mtp.num_heads, head_args=target_args)
         return cls(cfg, trainable.drafter, trainable, dp_group)
 
     @property
@@ -86,6 +86,15 @@ class DrafterRuntime:
                              "[drafter.draft_model] and [drafter.mtp].") from None
         log.info("drafter %s initialised from %s", self.cfg.kind, path)
         return True
+
+    def export(self, out, model_name: str, dtype: str, *, writer: bool, **options) -> None:
+        """The drafter as its own folder: a draft model as a Hugging Face model (same
+        tokenizer as the policy); heads (eagle, mtp) as drafter.safetensors + drafter.json in
+        titan-spec's layout (the public EAGLE-3 layout is not written yet)."""
+        if self.trainable.kind == "draft_model":
+            export_hf(self.module, out, model_name, dtype, writer=writer, **options)
+        elif writer:
+            write_heads(self.module, out, self.trainable.kind, dtype)
 
     def warm_start(self, verifier, task, tokenizer, seq_len: int, seed: int, is_main: bool,
                    replicas: int, group=None) -> dict:

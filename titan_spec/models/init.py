@@ -26,13 +26,20 @@ def _full_init(shape, std: float | None, seed: int, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def materialize_and_init(model: nn.Module, device, seed: int) -> nn.Module:
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
+def materialize(model: nn.Module, device) -> nn.Module:
+    """Allocate a meta-device model's (local) storage, uninitialised, and its buffers."""
     model.to_empty(device=device)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
     model.init_buffers(device)
+    return model
+
+
+@torch.no_grad()
+def materialize_and_init(model: nn.Module, device, seed: int) -> nn.Module:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    materialize(model, device)
     for raw_name, param in model.named_parameters():
         name = canonical_name(raw_name)
         full = _full_init(tuple(param.shape), model.init_std(name), seed, name)

@@ -15,8 +15,7 @@ class ModelSpec:
     name: str
     flavors: dict
     builder: Callable  # args -> nn.Module (plain, no parallelism)
-    from_hf: Callable  # (hf_state_dict, args) -> our state dict
-    to_hf: Callable  # (our state dict, args) -> hf_state_dict
+    hf: "HFAdapter"  # the one mapping to / from Hugging Face checkpoints
 
     def args(self, flavor: str, **overrides):
         if flavor not in self.flavors:
@@ -25,6 +24,19 @@ class ModelSpec:
             raise ValueError(f"unknown flavor '{flavor}' for model '{self.name}'; known: "
                              f"{', '.join(self.flavors)}.{hint}")
         return self.flavors[flavor].with_overrides(**overrides)
+
+
+@dataclass(frozen=True)
+class HFAdapter:
+    """A model family's Hugging Face mapping, used by runs, tools and tests alike."""
+
+    sources: Callable  # args -> {our name: Source (where it lives in an HF checkpoint)}
+    hf_keys: Callable  # args -> every HF tensor name a checkpoint holds
+    from_hf: Callable  # (hf_state_dict, args) -> our state dict
+    to_hf: Callable  # (our state dict, args) -> hf_state_dict
+    to_hf_items: Callable  # (our name, tensor, args) -> [(hf name, tensor)]
+    args_from_config: Callable  # (config.json dict, where) -> args
+    config_from_args: Callable  # (args, dtype name) -> config.json dict
 
 
 def register(spec: ModelSpec) -> None:

@@ -50,7 +50,7 @@ class RLData:
         seed = (self.seed * 1_000_003 + step) * 1009 + shard
         return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                               max_new_tokens=r.max_new_tokens,
-                              stop_token_ids=(self.tokenizer.eos_id,), seed=seed)
+                              stop_token_ids=self.tokenizer.stop_ids, seed=seed)
 
     def rewards(self, problems, completions) -> list[float]:
         return [self.task.reward(problem, self.tokenizer.decode(c.token_ids))

@@ -10,11 +10,14 @@ from .kv_cache import KVCache
 
 
 @torch.no_grad()
-def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: int, pad_id: int,
+def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, stop_ids, pad_id: int,
                   device, vocab_size: int, tp_degree: int = 1, group=None) -> list[list[int]]:
-    """Left-aligned prompts of any lengths -> generated ids (without the prompt, up to eos).
+    """Left-aligned prompts of any lengths -> generated ids (without the prompt, up to the
+    first of `stop_ids`, an int or a tuple: EOS and the generation config's stop tokens).
     Only the tokenizer's `vocab_size` ids are candidates: the model's padded rows never are."""
     batch = len(prompts)
+    stop_ids = (stop_ids,) if isinstance(stop_ids, int) else tuple(stop_ids)
+    stops = torch.tensor(stop_ids, device=device)
     lengths = torch.tensor([len(p) for p in prompts], device=device)
     # Ranks hold different prompts but must run the same number of forwards (each one is a
     # collective under FSDP2 / TP): agree on the prefill length and the loop bound.
@@ -37,7 +40,8 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
         next_ids = torch.where(in_prompt, tokens[:, pos], next_ids)
         next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
         tokens[:, pos] = next_ids
-        finished |= ~in_prompt & ((next_ids == eos_id) | (pos + 1 - lengths >= max_new_tokens))
+        stopped = torch.isin(next_ids, stops)
+        finished |= ~in_prompt & (stopped | (pos + 1 - lengths >= max_new_tokens))
         if _all_done(finished, group) or pos == max_len - 1:
             break
         logits = model(next_ids[:, None], torch.full((batch, 1), pos, device=device),
@@ -45,7 +49,8 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, eos_id: 
     out = []
     for row in range(batch):
         generated = tokens[row, len(prompts[row]):][:max_new_tokens].tolist()
-        out.append(generated[: generated.index(eos_id)] if eos_id in generated else generated)
+        end = next((i for i, token in enumerate(generated) if token in stop_ids), len(generated))
+        out.append(generated[:end])
     return out
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch.distributed as dist
 
-from titan_spec.models import get_model_spec
+from titan_spec.formats.initial_load import model_args
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.weight_sync import DEFAULT_STAGING_BYTES, WeightSync
 from titan_spec.preflight import split_world
@@ -37,7 +37,7 @@ def build_async_layout(cfg, env) -> AsyncLayout:
     rollout_ranks = list(range(learner.world_size, env.world_size))
     tp = cfg.async_rl.rollout_tp
     tp_rank = rollout.tp_rank() if rollout.contains(env.rank) else 0
-    args = get_model_spec(cfg.model.name).args(cfg.model.flavor)
+    args = model_args(cfg)
     fanout, staging = None, DEFAULT_STAGING_BYTES
     if cfg.async_rl.stale_batches == "drop":
         # A replica blocked on its bounded queue takes no sync until the learner takes its

@@ -9,7 +9,8 @@ import torch
 import torch.distributed as dist
 
 from titan_spec.drafters.runtime import DrafterRuntime
-from titan_spec.models import build_model, get_model_spec
+from titan_spec.formats.initial_load import model_args
+from titan_spec.models import get_model_spec
 from titan_spec.models.init import canonical_name
 from titan_spec.parallel.rollout_layout import build_rollout_model
 
@@ -40,12 +41,14 @@ class RolloutWorker:
         """A rollout rank's parts: its slice of the policy (filled by the weight sync), its own
         drafter, the job's RL data."""
         spec = get_model_spec(cfg.model.name)
-        args = spec.args(cfg.model.flavor, attention_fp64=cfg.model.attention_fp64)
+        args = model_args(cfg)
         dims = layout.rollout_dims
         model = build_rollout_model(spec.builder, args, env.device, dims.tp, dims.tp_group())
-        full = build_model(cfg.model.name, cfg.model.flavor, device="meta")
+        with torch.device("meta"):
+            full = spec.builder(args)
         full_shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
-        drafters = DrafterRuntime.build(cfg.drafter, cfg.model, model, cfg.job.seed, env.device)
+        drafters = DrafterRuntime.build(cfg.drafter, cfg.model, args, model, cfg.job.seed,
+                                        env.device)
         return cls(data, drafters, model, full_shapes, layout, cfg.async_rl, cfg.rollout,
                    data.tokenizer.vocab_size, env.device,
                    (cfg.sft.steps, cfg.sft.steps + cfg.rl.steps))
