@@ -90,7 +90,8 @@ class LearnerJob:
         self.drafters = DrafterRuntime.build(cfg.drafter, cfg.model, self.learner.model.args,
                                              self.learner.model, cfg.job.seed, env.device,
                                              dims.dp_group())
-        self.state = JobState(drafter_warm=self.drafters.init_from(env.device))
+        self.state = JobState(drafter_warm=self.drafters.init_from(env.device, tokenizer,
+                                                                   cfg.model.name))
         self.sft_data = SFTDataSource(task, tokenizer, cfg.training.global_batch_size,
                                       cfg.training.seq_len, cfg.job.seed)
         entries = self.drafters.checkpoint_entries()

@@ -263,3 +263,47 @@ def test_tokenizer_files_are_read(tmp_path):
     (tmp_path / "tokenizer.json").write_text('{"not": "a tokenizer"}')
     with pytest.raises(ValueError, match="tokenizer.json is not a Hugging Face tokenizer"):
         HFTokenizer(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_draft_model_from_an_hf_folder(hf_folders, tmp_path):
+    """A small HF Qwen3 with the policy's tokenizer as the draft model (Qwen3-0.6B for 8B):
+    loaded as it is, so the warm-up distillation is skipped."""
+    draft = save_hf_model(tmp_path / "draft", layers=1, seed=1)
+    dump = tmp_path / "run"
+    result = _launch(["--config", "debug_model.toml",
+                      f"--checkpoint.initial_load_path={hf_folders['dense']}",
+                      f"--job.dump_folder={dump}", "--sft.steps=0", "--sft.eval_problems=0",
+                      "--rl.steps=1", "--rl.prompts_per_step=2", "--rl.group_size=2",
+                      "--rl.eval_problems=0", "--rollout.max_new_tokens=8",
+                      "--drafter.kind=draft_model", f"--drafter.init_from={draft}",
+                      "--metrics.enable_tensorboard=false"], ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"drafter draft_model initialised from {draft}" in result.stdout
+    phases = [json.loads(line)["phase"] for line in (dump / "metrics.jsonl").open()]
+    assert "drafter_warmup" not in phases and "rl" in phases
+
+
+def test_drafter_folders_are_checked(hf_folders, tmp_path):
+    import shutil
+
+    from titan_spec.data.tokenizer import HFTokenizer
+    from titan_spec.drafters.trainable import build_trainable_drafter
+    from titan_spec.formats.hf import WeightsError, load_drafter_folder, write_heads
+
+    policy = _our_model(hf_folders["dense"])
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(hf_folders["dense"], other)
+    write_tokenizer(other, vocab_size=290)
+    draft = build_trainable_drafter("draft_model", policy, draft_args=policy.args).module
+    with pytest.raises(WeightsError, match="is not the policy's"):
+        load_drafter_folder(draft, "draft_model", other, "qwen3",
+                            HFTokenizer(str(hf_folders["dense"])))
+    heads = build_trainable_drafter("eagle", policy, seed=3).module
+    write_heads(heads, tmp_path / "heads", "eagle", "float32")
+    fresh = build_trainable_drafter("eagle", policy, seed=4).module
+    load_drafter_folder(fresh, "eagle", tmp_path / "heads", "qwen3")
+    assert all(torch.equal(a, b) for a, b in zip(heads.state_dict().values(),
+                                                 fresh.state_dict().values(), strict=True))
+    with pytest.raises(WeightsError, match="holds a eagle drafter"):
+        load_drafter_folder(fresh, "mtp", tmp_path / "heads", "qwen3")

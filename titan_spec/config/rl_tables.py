@@ -162,8 +162,9 @@ class Drafter:
         "tools/distill_drafter.py."
     )
     init_from: str = opt(
-        "", "State dict of an already distilled drafter of this kind (the --out file of "
-        "tools/distill_drafter.py); replaces the warm-up distillation."
+        "", "An already trained drafter of this kind, replacing the warm-up distillation: the "
+        "--out file of tools/distill_drafter.py, a Hugging Face model folder (draft_model: a "
+        "small Qwen3 with the policy's tokenizer) or an exported step-N-hf-drafter folder."
     )
     online: bool = opt(
         True, "Adapt the drafter during RL on each rollout batch, from the learner's detached "

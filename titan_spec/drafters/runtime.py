@@ -11,7 +11,13 @@ import time
 import torch
 import torch.distributed as dist
 
-from titan_spec.formats.hf import export_hf, write_heads
+from titan_spec.formats.hf import (
+    export_hf,
+    hf_model_args,
+    is_hf_folder,
+    load_drafter_folder,
+    write_heads,
+)
 from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 
@@ -45,10 +51,14 @@ class DrafterRuntime:
             return cls(cfg)
         if cfg.kind == "ngram":
             return cls(cfg, build_drafter("ngram"))
+        draft_args = None
+        if cfg.kind == "draft_model" and is_hf_folder(cfg.init_from):
+            draft_args = hf_model_args(model_cfg.name, cfg.init_from,
+                                       attention_fp64=model_cfg.attention_fp64)
         trainable = build_trainable_drafter(
             cfg.kind, target, model_cfg.name, seed=seed + DRAFTER_SEED_OFFSET, device=device,
             draft_flavor=cfg.draft_model.flavor, draft_layers=cfg.draft_model.layers,
-            num_heads=cfg.mtp.num_heads, head_args=target_args)
+            num_heads=cfg.mtp.num_heads, head_args=target_args, draft_args=draft_args)
         return cls(cfg, trainable.drafter, trainable, dp_group)
 
     @property
@@ -66,17 +76,24 @@ class DrafterRuntime:
             return {}
         return {"drafter": (self.trainable.module, self.online.optimizer)}
 
-    def init_from(self, device) -> bool:
-        """Load drafter.init_from when set; -> whether the drafter is warm."""
+    def init_from(self, device, tokenizer=None, model_name: str = "qwen3") -> bool:
+        """Load drafter.init_from when set (a state-dict file, a Hugging Face model folder for
+        a draft model, or an exported heads folder); -> whether the drafter is warm.
+        tokenizer: the policy's, which an HF draft model's must equal."""
         path = self.cfg.init_from
         if not path:
             return False
         if self.online is None:
             raise ValueError(f"drafter.init_from is set but drafter.kind={self.cfg.kind} "
                              "has no parameters; drop init_from or pick a learnable kind.")
+        if os.path.isdir(path):
+            load_drafter_folder(self.module, self.cfg.kind, path, model_name, tokenizer)
+            log.info("drafter %s initialised from %s", self.cfg.kind, path)
+            return True
         if not os.path.isfile(path):
-            raise ValueError(f"drafter.init_from={path} is not a file; pass the --out file of "
-                             "tools/distill_drafter.py.")
+            raise ValueError(f"drafter.init_from={path} is not a file or folder; pass the --out "
+                             "file of tools/distill_drafter.py, a Hugging Face model folder "
+                             "(draft_model) or an exported step-N-hf-drafter folder.")
         try:
             self.module.load_state_dict(torch.load(path, map_location=device, weights_only=True))
         except (RuntimeError, KeyError) as err:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from . import build_drafter
@@ -48,9 +49,11 @@ class TrainableDrafter:
 
 def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, seed: int = 0,
                             device="cpu", draft_flavor: str = "debug", draft_layers: int = 1,
-                            num_heads: int = 2, head_args=None) -> TrainableDrafter:
+                            num_heads: int = 2, head_args=None,
+                            draft_args=None) -> TrainableDrafter:
     """target: the policy (its args shape the heads unless head_args gives the full shapes,
-    e.g. for a tensor-parallel target). Parameters are plain and replicated."""
+    e.g. for a tensor-parallel target); draft_args: the draft model's shape when it does not
+    come from draft_flavor (an HF folder's config.json). Parameters are plain and replicated."""
     from titan_spec.models import build_model
     from titan_spec.models.heads import build_draft_head
 
@@ -59,7 +62,15 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
                          f"{', '.join(LEARNABLE)}.")
     if kind == "draft_model":
         overrides = {"n_layers": draft_layers} if draft_layers else {}
-        model = build_model(model_name, draft_flavor, device=device, seed=seed, **overrides)
+        if draft_args is not None:
+            from titan_spec.models import get_model_spec
+            from titan_spec.models.init import materialize_and_init
+
+            with torch.device("meta"):
+                model = get_model_spec(model_name).builder(draft_args)
+            model = materialize_and_init(model, torch.device(device), seed)
+        else:
+            model = build_model(model_name, draft_flavor, device=device, seed=seed, **overrides)
         if model.args.vocab_size < target.args.vocab_size:
             raise ValueError(f"drafter.draft_model.flavor={draft_flavor} has a smaller vocabulary "
                              f"({model.args.vocab_size}) than the policy "

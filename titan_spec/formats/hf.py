@@ -241,3 +241,51 @@ def write_heads(heads, out, kind: str, dtype: str) -> Path:
          "tensors": {name: list(t.shape) for name, t in state.items()}}, indent=2))
     _replace(tmp, out)
     return out
+
+
+def is_hf_folder(path) -> bool:
+    return bool(path) and (Path(path) / CONFIG).is_file()
+
+
+@torch.no_grad()
+def load_drafter_folder(module, kind: str, folder, model_name: str, tokenizer=None) -> None:
+    """A drafter from a folder: an HF model (a draft_model, e.g. Qwen3-0.6B for Qwen3-8B; its
+    tokenizer must be the policy's) or heads exported by write_heads."""
+    folder = Path(folder)
+    if (folder / "drafter.json").is_file():
+        _load_heads(module, kind, folder)
+        return
+    if kind != "draft_model" or not is_hf_folder(folder):
+        raise WeightsError(f"drafter.init_from={folder}: a {kind} drafter loads from a folder "
+                           "with drafter.json (a step-N-hf-drafter export); a Hugging Face "
+                           "model folder (config.json) is a draft_model.")
+    _check_same_tokenizer(folder, tokenizer)
+    load_into_shards(module, folder, model_name)
+
+
+def _check_same_tokenizer(folder: Path, tokenizer) -> None:
+    theirs = folder / "tokenizer.json"
+    ours = getattr(tokenizer, "_tok", None)
+    if not theirs.is_file() or ours is None:
+        return  # nothing to compare: the vocabulary-size check still applies
+    from tokenizers import Tokenizer
+
+    if Tokenizer.from_file(str(theirs)).get_vocab() != ours.get_vocab():
+        raise WeightsError(f"drafter.init_from={folder}: its tokenizer.json is not the policy's "
+                           f"({tokenizer.file}); a draft model must share the policy's "
+                           "tokenizer (e.g. Qwen3-0.6B for Qwen3-8B).")
+
+
+def _load_heads(module, kind: str, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    described = json.loads((folder / "drafter.json").read_text())
+    if described.get("kind") != kind:
+        raise WeightsError(f"drafter.init_from={folder} holds a {described.get('kind')} drafter; "
+                           f"this run's drafter.kind is {kind}.")
+    state = load_file(str(folder / "drafter.safetensors"))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise WeightsError(f"drafter.init_from={folder} does not fit this config's {kind} "
+                           f"drafter ({str(err).splitlines()[0]}).") from None
