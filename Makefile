@@ -8,12 +8,17 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU machines: take the local CPU build first so the range in pyproject is already met.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0; fi
 	$(PY) -m pip install -q -e '.[dev]'
+	# torchtitan's own Qwen3 state-dict adapter is the reference of the torchtitan format tests.
+	# Only the adapter is imported: take the package and what that import needs, not its
+	# training stack (datasets, wandb, torchdata).
+	$(PY) -m pip install -q --no-deps torchtitan==0.3.0 spmd_types==0.2.3 torch_checkpointing \
+		tyro docstring_parser einops
 	touch $(STAMP)
 
 train: $(STAMP)

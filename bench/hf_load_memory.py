@@ -7,6 +7,8 @@ rank's share, then, side by side in one run:
 - whole: one process reads every tensor of the same folder (what loading a full state dict and
   then sharding it costs).
 Each arm's figure is (peak RSS - RSS before loading) / one rank's share of the weights.
+Then tools.convert_checkpoint's conversions of the same folder (to dcp, tensorstore,
+torchtitan, and dcp -> hf), each in its own process: peak RSS over the largest tensor.
 
     python -m bench.hf_load_memory --json out.json [--cache DIR] [--world 4]
 """
@@ -25,6 +27,9 @@ import torch.multiprocessing as mp
 
 SHAPE = dict(dim=1024, n_layers=8, n_heads=8, n_kv_heads=8, head_dim=128, hidden_dim=3072,
              vocab_size=32768, max_seq_len=512)
+
+
+LARGEST = SHAPE["vocab_size"] * SHAPE["dim"] * 4  # the embedding (and the head), fp32
 
 
 def _status_bytes(field: str) -> int:
@@ -52,7 +57,7 @@ def _port() -> int:
 
 
 def write_checkpoint(folder: Path) -> Path:
-    from titan_spec.formats.hf import export_hf
+    from titan_spec.formats.hf_export import export_hf
     from titan_spec.models import build_model
 
     if (folder / "config.json").is_file():
@@ -108,6 +113,21 @@ def _whole_read(folder: str, out: str) -> None:
                                      "model_bytes": total}))
 
 
+def _convert(folder: str, fmt: str, dst: str, out: str) -> None:
+    from titan_spec.formats.store import open_checkpoint, write_checkpoint
+
+    before = _start_measuring()
+    write_checkpoint(open_checkpoint(folder), dst, fmt)
+    Path(out).write_text(json.dumps({"peak_delta_bytes": _peak_bytes() - before}))
+
+
+def _in_child(target, *args) -> dict:
+    process = mp.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join()
+    return json.loads(Path(args[-1]).read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", required=True)
@@ -121,12 +141,13 @@ def main() -> None:
         mp.start_processes(_sliced_rank, args=(args.world, _port(), str(folder), out),
                            nprocs=args.world, join=True, start_method="spawn")
         ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(args.world)]
-        whole_out = os.path.join(tmp, "whole")
-        ctx = mp.get_context("spawn")
-        proc = ctx.Process(target=_whole_read, args=(str(folder), whole_out))
-        proc.start()
-        proc.join()
-        whole = json.loads(Path(whole_out).read_text())
+        whole = _in_child(_whole_read, str(folder), os.path.join(tmp, "whole"))
+        conversions = {}
+        for fmt in ("dcp", "tensorstore", "torchtitan"):  # each from the HF folder
+            conversions[fmt] = _in_child(_convert, str(folder), fmt, os.path.join(tmp, fmt),
+                                         os.path.join(tmp, f"{fmt}.json"))
+        conversions["hf"] = _in_child(_convert, os.path.join(tmp, "dcp"), "hf",
+                                      os.path.join(tmp, "hf"), os.path.join(tmp, "hf.json"))
     share = max(r["share_bytes"] for r in ranks)
     result = {
         "world": args.world, "model_mib": whole["model_bytes"] / 2**20,
@@ -134,6 +155,12 @@ def main() -> None:
         "sliced_peak_over_share": max(r["peak_delta_bytes"] for r in ranks) / share,
         "whole_read_peak_over_share": whole["peak_delta_bytes"] / share,
         "per_rank_peak_mib": [r["peak_delta_bytes"] / 2**20 for r in ranks],
+        # tools.convert_checkpoint, one process: peak RSS over the largest tensor's bytes
+        "largest_tensor_mib": LARGEST / 2**20,
+        "convert_peak_over_largest_tensor": {
+            fmt: c["peak_delta_bytes"] / LARGEST for fmt, c in conversions.items()},
+        "convert_peak_over_model": {
+            fmt: c["peak_delta_bytes"] / whole["model_bytes"] for fmt, c in conversions.items()},
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))

@@ -20,7 +20,8 @@ from titan_spec.data.sft import SFTDataSource
 from titan_spec.data.tokenizer import build_tokenizer
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.evaluate import evaluate
-from titan_spec.formats.hf import barrier, export_hf
+from titan_spec.formats.description import describe
+from titan_spec.formats.hf_export import barrier, export_hf
 from titan_spec.formats.initial_load import hf_folder, tokenizer_spec
 from titan_spec.learner import Learner
 from titan_spec.preflight import preflight
@@ -100,7 +101,8 @@ class LearnerJob:
         self.checkpoint = CheckpointManager(cfg.checkpoint, cfg.job.dump_folder,
                                             self.learner.model, self.learner.optimizer,
                                             self.learner.scheduler, env.rank, dims.world_size,
-                                            extra=entries, group=self.group)
+                                            extra=entries, group=self.group,
+                                            description=self._description())
         # The KL reference holds the policy at RL start (frozen then, or loaded with a resume).
         resumed, self.reference_ready = self._resume()
         if layout is not None:  # the rollout ranks learn where the run resumes
@@ -113,6 +115,12 @@ class LearnerJob:
             os.makedirs(cfg.job.dump_folder, exist_ok=True)
             with open(os.path.join(cfg.job.dump_folder, "config.toml"), "w") as f:
                 f.write(to_toml(cfg))
+
+    def _description(self) -> dict:
+        trainable = self.drafters.trainable
+        draft_args = getattr(trainable.module, "args", None) if trainable is not None else None
+        return describe(self.cfg.model.name, self.learner.model.args,
+                        trainable.kind if trainable is not None else None, draft_args)
 
     def _rl_driver(self, rl_data):
         cfg, is_main = self.cfg, self.env.is_main

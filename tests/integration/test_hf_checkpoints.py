@@ -126,7 +126,7 @@ def test_two_rank_layouts_load_their_slices(kind, config, layout, hf_folders, tm
 
 def test_export_loads_in_transformers_with_equal_logits(hf_folders, tmp_path):
     from titan_spec.data.tokenizer import HFTokenizer
-    from titan_spec.formats.hf import export_hf
+    from titan_spec.formats.hf_export import export_hf
 
     for kind in ("dense_tied", "moe"):
         model = _our_model(hf_folders[kind])
@@ -289,7 +289,8 @@ def test_drafter_folders_are_checked(hf_folders, tmp_path):
 
     from titan_spec.data.tokenizer import HFTokenizer
     from titan_spec.drafters.trainable import build_trainable_drafter
-    from titan_spec.formats.hf import WeightsError, load_drafter_folder, write_heads
+    from titan_spec.formats.hf import WeightsError, load_drafter_folder
+    from titan_spec.formats.hf_export import write_heads
 
     policy = _our_model(hf_folders["dense"])
     other = tmp_path / "other_tokenizer"
@@ -300,7 +301,7 @@ def test_drafter_folders_are_checked(hf_folders, tmp_path):
         load_drafter_folder(draft, "draft_model", other, "qwen3",
                             HFTokenizer(str(hf_folders["dense"])))
     heads = build_trainable_drafter("eagle", policy, seed=3).module
-    write_heads(heads, tmp_path / "heads", "eagle", "float32")
+    write_heads(heads.state_dict(), tmp_path / "heads", "eagle", "float32")
     fresh = build_trainable_drafter("eagle", policy, seed=4).module
     load_drafter_folder(fresh, "eagle", tmp_path / "heads", "qwen3")
     assert all(torch.equal(a, b) for a, b in zip(heads.state_dict().values(),

@@ -110,12 +110,16 @@ def find_resume_point(cfg, folder: Path) -> Path | None:
 
 class CheckpointManager:
     def __init__(self, cfg, dump_folder: str, model, optimizer, scheduler, rank: int,
-                 world_size: int, extra: dict | None = None, group=None):
+                 world_size: int, extra: dict | None = None, group=None,
+                 description: dict | None = None):
         """extra: name -> (module, optimizer or None) saved next to the model (the drafter,
         the KL reference); a checkpoint without them (an SFT-only run) still loads, reporting
         what it had.
         group: the ranks that hold the model (the learner's in async RL; None: every rank);
-        rank and world_size are positions in it, and rank 0 of it writes the metadata."""
+        rank and world_size are positions in it, and rank 0 of it writes the metadata.
+        description: what the checkpoint holds (formats/description.py), saved as model.json
+        so that tools read it without the job's config."""
+        self.description = description
         self.cfg, self.model, self.optimizer, self.scheduler = cfg, model, optimizer, scheduler
         self.rank, self.world_size, self.group = rank, world_size, group
         self.extra = extra or {}
@@ -157,6 +161,8 @@ class CheckpointManager:
             state = dict(train_state, step=step, scheduler=self.scheduler.state_dict(),
                          world_size=self.world_size)
             (tmp / TRAIN_STATE).write_text(json.dumps(state, default=str))
+            if self.description is not None:
+                (tmp / "model.json").write_text(json.dumps(self.description, indent=1))
             write_manifest(tmp)
             if final.exists():
                 shutil.rmtree(final)

@@ -11,13 +11,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from titan_spec.formats.hf import (
-    export_hf,
-    hf_model_args,
-    is_hf_folder,
-    load_drafter_folder,
-    write_heads,
-)
+from titan_spec.formats.hf import hf_model_args, is_hf_folder, load_drafter_folder
+from titan_spec.formats.hf_export import export_hf, write_heads
 from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 
@@ -111,7 +106,7 @@ class DrafterRuntime:
         if self.trainable.kind == "draft_model":
             export_hf(self.module, out, model_name, dtype, writer=writer, **options)
         elif writer:
-            write_heads(self.module, out, self.trainable.kind, dtype)
+            write_heads(self.module.state_dict(), out, self.trainable.kind, dtype)
 
     def warm_start(self, verifier, task, tokenizer, seq_len: int, seed: int, is_main: bool,
                    replicas: int, group=None) -> dict:

@@ -1,33 +1,24 @@
-"""Hugging Face checkpoints into a run and out of it.
-
-In: the model's shape from config.json, then every rank fills its own FSDP2 / TP / EP shards
-from slice reads of the safetensors files (the box each DTensor shard covers, the same box DCP
-saves), converting dtype on the way: no rank ever holds the full model.
-Out: parameters gathered one at a time, converted by the model's HF adapter, written by the
-first rank into shards of bounded size in a temporary folder renamed into place at the end."""
+"""Hugging Face checkpoints into a run: the model's shape from config.json, then every rank fills
+its own FSDP2 / TP / EP shards from slice reads of the safetensors files (the box each DTensor
+shard covers, the same box DCP saves), converting dtype on the way: no rank ever holds the full
+model. Drafters load from HF folders too. (Out: hf_export.py.)"""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from titan_spec.models import get_model_spec
 from titan_spec.models.init import canonical_name
 
-from .safetensors_folder import INDEX, SafetensorsFolder, WeightsError
+from .safetensors_folder import SafetensorsFolder, WeightsError
 
 log = logging.getLogger("titan_spec")
 CONFIG = "config.json"
 GENERATION_CONFIG = "generation_config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "chat_template.jinja")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def read_config(folder) -> dict:
@@ -112,135 +103,6 @@ def load_into_shards(model, folder, model_name: str) -> None:
             local.copy_(data.to(local.dtype))
     finally:
         weights.close()
-
-
-def _shard_plan(model, adapter, dtype: torch.dtype, max_shard_bytes: int) -> dict[str, int]:
-    """HF tensor name -> shard index (1-based), filled in the order export writes them."""
-    plan, shard, used = {}, 1, 0
-    size = torch.empty((), dtype=dtype).element_size()
-    for name, param in model.named_parameters():
-        meta = torch.empty(param.shape, device="meta")
-        for key, tensor in adapter.to_hf_items(canonical_name(name), meta, model.args):
-            nbytes = tensor.numel() * size
-            if used and used + nbytes > max_shard_bytes:
-                shard, used = shard + 1, 0
-            plan[key], used = shard, used + nbytes
-    return plan
-
-
-def _shard_name(index: int, count: int) -> str:
-    return "model.safetensors" if count == 1 else f"model-{index:05d}-of-{count:05d}.safetensors"
-
-
-def _full(param) -> torch.Tensor:
-    from torch.distributed.tensor import DTensor
-
-    return param.full_tensor() if isinstance(param, DTensor) else param.data
-
-
-@torch.no_grad()
-def export_hf(model, out, model_name: str, dtype: str, *, writer: bool, max_shard_bytes: int,
-              source_folder=None, tokenizer=None) -> Path | None:
-    """Write `model` as an HF folder at `out`. Every rank holding shards calls it (parameters
-    are gathered one at a time); the `writer` rank writes. -> the folder (writer only)."""
-    from safetensors.torch import save_file
-
-    adapter, torch_dtype, out = get_model_spec(model_name).hf, DTYPES[dtype], Path(out)
-    plan = _shard_plan(model, adapter, torch_dtype, max_shard_bytes)
-    count = max(plan.values(), default=1)
-    tmp = out.parent / f".{out.name}.tmp"
-    if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    pending: dict[str, torch.Tensor] = {}
-
-    def flush(shard: int) -> None:
-        save_file(pending, str(tmp / _shard_name(shard, count)), metadata={"format": "pt"})
-        pending.clear()
-
-    shard = 1
-    for name, param in model.named_parameters():
-        full = _full(param)  # a collective under FSDP2 / TP / EP: every rank takes part
-        if not writer:
-            continue
-        for key, tensor in adapter.to_hf_items(canonical_name(name), full, model.args):
-            if plan[key] != shard:
-                flush(shard)
-                shard = plan[key]
-            pending[key] = tensor.to(torch_dtype, copy=True).contiguous()
-        del full
-    if not writer:
-        return None
-    flush(shard)
-    if count > 1:
-        total = sum(t["bytes"] for t in _sizes(tmp).values())
-        index = {"metadata": {"total_size": total},
-                 "weight_map": {key: _shard_name(i, count) for key, i in plan.items()}}
-        (tmp / INDEX).write_text(json.dumps(index, indent=2))
-    _write_metadata(tmp, model.args, adapter, dtype, source_folder, tokenizer)
-    _replace(tmp, out)
-    log.info("exported %s (%s, %d shard(s)) to %s", model_name, dtype, count, out)
-    return out
-
-
-def _sizes(folder: Path) -> dict[str, dict]:
-    return {p.name: {"bytes": p.stat().st_size} for p in folder.glob("*.safetensors")}
-
-
-def _write_metadata(folder: Path, args, adapter, dtype: str, source_folder, tokenizer) -> None:
-    source = Path(source_folder) if source_folder else None
-    if source is not None and (source / CONFIG).is_file():
-        config = read_config(source)  # keeps fields we do not model (ids, architectures...)
-    else:
-        config = adapter.config_from_args(args, dtype)
-    config.update(torch_dtype=dtype, dtype=dtype)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2))
-    if source is not None and (source / GENERATION_CONFIG).is_file():
-        shutil.copy2(source / GENERATION_CONFIG, folder / GENERATION_CONFIG)
-    elif tokenizer is not None:
-        stops = list(tokenizer.stop_ids)
-        generation = {"eos_token_id": stops[0] if len(stops) == 1 else stops,
-                      "pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id}
-        (folder / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
-    tokenizer_folder = getattr(tokenizer, "folder", None)
-    for name in TOKENIZER_FILES:
-        if tokenizer_folder is not None and (Path(tokenizer_folder) / name).is_file():
-            shutil.copy2(Path(tokenizer_folder) / name, folder / name)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Put the finished folder in place; an older one at `out` goes only once the new one is
-    there."""
-    old = out.parent / f".{out.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def barrier(group=None) -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier(group=group)
-
-
-def write_heads(heads, out, kind: str, dtype: str) -> Path:
-    """Drafter heads (eagle / mtp) as one safetensors file plus a JSON description, written to
-    a temporary folder renamed into place."""
-    from safetensors.torch import save_file
-
-    out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {name: tensor.detach().to(DTYPES[dtype], copy=True).contiguous()
-             for name, tensor in heads.state_dict().items()}
-    save_file(state, str(tmp / "drafter.safetensors"), metadata={"format": "pt"})
-    (tmp / "drafter.json").write_text(json.dumps(
-        {"format": "titan-spec-heads", "kind": kind, "num_heads": len(heads), "dtype": dtype,
-         "tensors": {name: list(t.shape) for name, t in state.items()}}, indent=2))
-    _replace(tmp, out)
-    return out
 
 
 def is_hf_folder(path) -> bool:
