@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	# training stack (datasets, wandb, torchdata).
 	$(PY) -m pip install -q --no-deps torchtitan==0.3.0 spmd_types==0.2.3 torch_checkpointing \
 		tyro docstring_parser einops
+	# megatron-core's GPTModel is the reference of the Megatron format tests (CPU, local spec).
+	$(PY) -m pip install -q --no-deps megatron-core==0.16.1
 	touch $(STAMP)
 
 train: $(STAMP)

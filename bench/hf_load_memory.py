@@ -7,7 +7,7 @@ rank's share, then, side by side in one run:
 - whole: one process reads every tensor of the same folder (what loading a full state dict and
   then sharding it costs).
 Each arm's figure is (peak RSS - RSS before loading) / one rank's share of the weights.
-Then tools.convert_checkpoint's conversions of the same folder (to dcp, tensorstore,
+Then tools.convert_checkpoint's conversions of the same folder (to dcp, tensorstore, megatron,
 torchtitan, and dcp -> hf), each in its own process: peak RSS over the largest tensor.
 
     python -m bench.hf_load_memory --json out.json [--cache DIR] [--world 4]
@@ -143,7 +143,7 @@ def main() -> None:
         ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in range(args.world)]
         whole = _in_child(_whole_read, str(folder), os.path.join(tmp, "whole"))
         conversions = {}
-        for fmt in ("dcp", "tensorstore", "torchtitan"):  # each from the HF folder
+        for fmt in ("dcp", "tensorstore", "torchtitan", "megatron"):  # each from the HF folder
             conversions[fmt] = _in_child(_convert, str(folder), fmt, os.path.join(tmp, fmt),
                                          os.path.join(tmp, f"{fmt}.json"))
         conversions["hf"] = _in_child(_convert, os.path.join(tmp, "dcp"), "hf",

@@ -6,9 +6,10 @@
 
 Formats: hf (config.json + safetensors; a drafter in SRC-drafter/), dcp (our step folders, on
 any number of ranks; --optimizer keeps the optimizer state), torchtitan (torchtitan's DCP for
-Qwen3, its names), tensorstore (zarr3 arrays in an OCDBT store). --from is detected when left
-out. The drafter goes along in every format. A conversion writes to a hidden temporary folder
-renamed to DST at the end: a failure leaves no DST behind.
+Qwen3, its names), megatron (Megatron-core torch_dist: layer-stacked, fused QKV and gate/up;
+the folder Megatron keeps under iter_NNNNNNN/), tensorstore (zarr3 arrays in an OCDBT store).
+--from is detected when left out. The drafter goes along in every format. A conversion writes
+to a hidden temporary folder renamed to DST at the end: a failure leaves no DST behind.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""tools/convert_checkpoint: round trips between hf, dcp, torchtitan and tensorstore are bitwise,
-the drafter goes along, a DCP saved on 2 ranks converts in one process, torchtitan's names are
-torchtitan's own adapter's, `inspect` reads every format, and a failed conversion leaves nothing
-that looks complete."""
+"""tools/convert_checkpoint: round trips between hf, dcp, torchtitan, megatron and tensorstore
+are bitwise, the drafter goes along, a DCP saved on 2 ranks converts in one process,
+torchtitan's names are torchtitan's own adapter's, Megatron's layout is megatron-core's own (its
+loader reads our export, its forward matches transformers), `inspect` reads every format, and a
+failed conversion leaves nothing that looks complete."""
 
 import json
 import os
@@ -70,7 +71,7 @@ def test_round_trips_are_bitwise_and_carry_the_drafter(trained_run, tmp_path):
     _assert_bitwise({k: v for k, v in original.items()
                      if not (tied and k == "model.output.weight")}, back)
     # DCP -> torchtitan -> DCP, and DCP -> tensorstore -> DCP
-    for fmt in ("torchtitan", "tensorstore"):
+    for fmt in ("torchtitan", "megatron", "tensorstore"):
         assert _tool(dcp, tmp_path / fmt, "--to", fmt).returncode == 0
         assert _tool(tmp_path / fmt, tmp_path / f"{fmt}-back", "--to", "dcp").returncode == 0
         _assert_bitwise(original, _tensors(tmp_path / f"{fmt}-back"))
@@ -83,7 +84,7 @@ def test_hf_round_trips_through_every_format(tmp_path):
     source = save_hf_model(tmp_path / "src", moe=True)
     expected = _tensors(source)
     current = source
-    for fmt in ("dcp", "tensorstore", "torchtitan", "hf"):
+    for fmt in ("dcp", "tensorstore", "torchtitan", "megatron", "hf"):
         out = tmp_path / fmt
         write_checkpoint(open_checkpoint(current), out, fmt)
         _assert_bitwise(expected, _tensors(out))
@@ -138,9 +139,9 @@ def test_torchtitan_names_are_torchtitans_own(tmp_path):
 
 def test_inspect_reads_every_format(tmp_path):
     source = save_hf_model(tmp_path / "hf")
-    for fmt in ("dcp", "torchtitan", "tensorstore"):
+    for fmt in ("dcp", "torchtitan", "megatron", "tensorstore"):
         write_checkpoint(open_checkpoint(source), tmp_path / fmt, fmt)
-    for fmt in ("hf", "dcp", "torchtitan", "tensorstore"):
+    for fmt in ("hf", "dcp", "torchtitan", "megatron", "tensorstore"):
         result = _tool("inspect", tmp_path / fmt, "--tensors")
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
@@ -156,7 +157,7 @@ def test_failed_conversion_leaves_nothing_that_looks_complete(tmp_path):
     def broken():
         raise OSError("No space left on device (injected)")
     entry.read = broken
-    for fmt in ("hf", "dcp", "tensorstore"):
+    for fmt in ("hf", "dcp", "megatron", "tensorstore"):
         with pytest.raises((OSError, ConversionError), match="injected"):
             write_checkpoint(checkpoint, tmp_path / fmt, fmt)
         assert not (tmp_path / fmt).exists()
@@ -179,3 +180,74 @@ def test_tensorstore_arrays_are_chunked_for_slice_reads(tmp_path):
     rows = read_box(tmp_path / "ts", "model.tok_embeddings.weight", torch.float32,
                     (slice(80, 160),))
     assert torch.equal(rows, _tensors(source)["model.tok_embeddings.weight"][80:160])
+
+
+def _megatron_model(rank, world_size, folder, ckpt, moe):
+    """Megatron-core's own GPTModel (CPU, local layer spec) of the test config; -> the keys and
+    global shapes its sharded_state_dict asks for and, for a dense model, its logits after its
+    own dist_checkpointing.load of our export."""
+    torch.cuda.current_device = lambda: "cpu"  # megatron's RoPE moves its table "to the GPU"
+    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    parallel_state.initialize_model_parallel(1, 1)
+    model_parallel_cuda_manual_seed(0, inference_rng_tracker=True)
+    hf = json.loads((Path(folder) / "config.json").read_text())
+    experts = dict(num_moe_experts=4, moe_router_topk=2, moe_ffn_hidden_size=32) if moe else {}
+    config = TransformerConfig(
+        num_layers=hf["num_hidden_layers"], hidden_size=hf["hidden_size"],
+        num_attention_heads=hf["num_attention_heads"],
+        num_query_groups=hf["num_key_value_heads"], kv_channels=hf["head_dim"],
+        ffn_hidden_size=hf["intermediate_size"], normalization="RMSNorm",
+        layernorm_epsilon=hf["rms_norm_eps"], gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu, add_bias_linear=False, qk_layernorm=True,
+        attention_dropout=0.0, hidden_dropout=0.0, use_cpu_initialization=True,
+        bias_activation_fusion=False, masked_softmax_fusion=False, apply_rope_fusion=False,
+        persist_layer_norm=False, gradient_accumulation_fusion=False, **experts)
+    spec = get_gpt_layer_local_spec(num_experts=4 if moe else None, qk_layernorm=True,
+                                    normalization="RMSNorm")
+    model = GPTModel(config=config, transformer_layer_spec=spec, vocab_size=hf["vocab_size"],
+                     max_sequence_length=256, position_embedding_type="rope",
+                     rotary_base=10000, share_embeddings_and_output_weights=False).eval()
+    sharded = model.sharded_state_dict()
+    wanted = {}
+    for value in sharded.values():
+        built = value.build() if isinstance(value, ShardedTensorFactory) else value
+        for item in built if isinstance(built, list) else [built]:
+            if isinstance(item, ShardedTensor):
+                wanted[item.key] = tuple(item.global_shape)
+    if moe:
+        return {"wanted": wanted}
+    tensors = {k: v for k, v in sharded.items() if not k.endswith("_extra_state")}
+    loaded = dist_checkpointing.load(tensors, str(ckpt))
+    missing = model.load_state_dict(loaded, strict=False).missing_keys
+    assert all(key.endswith("_extra_state") for key in missing), missing
+    tokens = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    mask = torch.triu(torch.ones(16, 16), diagonal=1).bool()[None, None]
+    with torch.no_grad():
+        logits = model(tokens, torch.arange(16).expand(2, 16), attention_mask=mask)
+    return {"wanted": wanted, "tokens": tokens, "logits": logits}
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["dense", "moe"])
+def test_megatron_export_is_megatrons_layout(moe, tmp_path):
+    """Keys and shapes are the ones megatron-core 0.16's GPTModel asks for; for the dense model
+    Megatron's own loader reads our export and its forward matches transformers'."""
+    pytest.importorskip("megatron.core")
+    from tests.helpers import run_function
+
+    source = save_hf_model(tmp_path / "hf", moe=moe, tokenizer=False)
+    write_checkpoint(open_checkpoint(source), tmp_path / "mg", "megatron")
+    import torch.distributed.checkpoint as dcp
+
+    written = dcp.FileSystemReader(str(tmp_path / "mg")).read_metadata().state_dict_metadata
+    result = run_function(1, _megatron_model, tmp_path, str(source), str(tmp_path / "mg"), moe)
+    assert {k: tuple(v.size) for k, v in written.items()} == result["wanted"]
+    if not moe:
+        with torch.no_grad():
+            expected = load_transformers(source)(result["tokens"]).logits
+        assert (result["logits"] - expected).abs().max() < 1e-5

@@ -25,13 +25,13 @@ from .torchtitan_names import from_torchtitan, to_torchtitan
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
-def _load_key(path: Path, key: str, shape, dtype) -> torch.Tensor:
+def load_key(path: Path, key: str, shape, dtype) -> torch.Tensor:
     tensor = torch.empty(shape, dtype=dtype)
     dcp.load({key: tensor}, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
     return tensor
 
 
-def _description(path: Path, flavor: str | None) -> dict:
+def description_or_flavor(path: Path, flavor: str | None) -> dict:
     described = read_description(path)
     if described is not None:
         return described
@@ -52,7 +52,7 @@ def read_dcp(path: Path, fmt: str, flavor: str | None = None) -> Checkpoint:
         metadata = dcp.FileSystemReader(str(path)).read_metadata()
     except Exception as err:
         raise ConversionError(f"{path}: cannot read DCP metadata ({err}).") from None
-    described = _description(path, flavor)
+    described = description_or_flavor(path, flavor)
     checkpoint = Checkpoint(fmt, path, described["model"],
                             args_of(described["model"], described["args"]),
                             drafter=described.get("drafter"))
@@ -61,7 +61,7 @@ def read_dcp(path: Path, fmt: str, flavor: str | None = None) -> Checkpoint:
             checkpoint.objects[key] = None
             continue
         read = (lambda key=key, info=info:
-                _load_key(path, key, tuple(info.size), info.properties.dtype))
+                load_key(path, key, tuple(info.size), info.properties.dtype))
         entry = Entry(tuple(info.size), info.properties.dtype, read)
         if fmt == "torchtitan" and not key.startswith("drafter."):
             mapped = from_torchtitan(key, entry)
@@ -95,6 +95,21 @@ class _ReadWhenWritten(DefaultSavePlanner):
         return super().resolve_data(write_item)
 
 
+def save_entries(entries: dict[str, Entry], folder: Path, objects: dict | None = None) -> None:
+    """One DCP checkpoint of these entries (each read when DCP writes it) plus small objects."""
+    state = {key: torch.empty(e.shape, dtype=e.dtype, device="meta")
+             for key, e in entries.items()}
+    state.update(objects or {})
+    # One file per tensor: DCP's writer keeps every tensor of a file alive until the file is
+    # done (torch 2.13, filesystem.py), so one file per rank would hold the whole model.
+    writer = dcp.FileSystemWriter(str(folder), single_file_per_rank=False, thread_count=1)
+    try:
+        dcp.save(state, storage_writer=writer, planner=_ReadWhenWritten(entries), no_dist=True)
+    except CheckpointException as err:  # DCP wraps the cause in a per-rank report
+        cause = [line for line in str(err).splitlines() if line.strip()][-1]
+        raise ConversionError(f"writing {folder} failed: {cause.strip()}") from err
+
+
 def write_dcp(checkpoint: Checkpoint, out: Path, fmt: str, dtype=None,
               optimizer: bool = False) -> Path:
     entries = {key: (converted(e, dtype) if key.startswith(("model.", "drafter.")) else e)
@@ -103,21 +118,9 @@ def write_dcp(checkpoint: Checkpoint, out: Path, fmt: str, dtype=None,
         entries = {(to_torchtitan(key[6:], e)[0] if key.startswith("model.") else key):
                    (to_torchtitan(key[6:], e)[1] if key.startswith("model.") else e)
                    for key, e in entries.items()}
-    state = {key: torch.empty(e.shape, dtype=e.dtype, device="meta")
-             for key, e in entries.items()}
-    if optimizer:
-        state.update(_objects(checkpoint))
     tmp = temporary(out)
     try:
-        # One file per tensor: DCP's writer keeps every tensor of a file alive until the file is
-        # done (torch 2.13, filesystem.py), so one file per rank would hold the whole model.
-        writer = dcp.FileSystemWriter(str(tmp), single_file_per_rank=False, thread_count=1)
-        try:
-            dcp.save(state, storage_writer=writer, planner=_ReadWhenWritten(entries),
-                     no_dist=True)
-        except CheckpointException as err:  # DCP wraps the cause in a per-rank report
-            cause = [line for line in str(err).splitlines() if line.strip()][-1]
-            raise ConversionError(f"writing {out} failed: {cause.strip()}") from err
+        save_entries(entries, tmp, _objects(checkpoint) if optimizer else {})
         description = describe(checkpoint.model_name, checkpoint.args)
         description.update(drafter=checkpoint.drafter, layout=fmt)
         write_description(tmp, description)

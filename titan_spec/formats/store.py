@@ -1,7 +1,7 @@
 """The conversion tool's common currency: a checkpoint as named tensors in titan-spec's names
 (`model.<param>`, `drafter.<param>`, and for our DCP the optimizer's own keys), each read only
 when asked for, so a conversion holds one tensor at a time. Readers and writers per format live
-in hf_io.py, dcp_io.py (ours and torchtitan's) and tensorstore_io.py."""
+in hf_io.py, dcp_io.py (ours and torchtitan's), megatron_io.py and tensorstore_io.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-FORMATS = ("hf", "dcp", "torchtitan", "tensorstore")
+FORMATS = ("hf", "dcp", "torchtitan", "megatron", "tensorstore")
 
 
 class ConversionError(ValueError):
@@ -62,6 +62,10 @@ def detect_format(path: Path) -> str:
         return "hf"
     if (path / "titan_spec_tensorstore.json").is_file():
         return "tensorstore"
+    from .megatron_io import is_megatron
+
+    if is_megatron(path):
+        return "megatron"
     if (path / ".metadata").is_file():
         description = read_description(path)
         if description is not None and description.get("layout") == "torchtitan":
@@ -90,6 +94,10 @@ def open_checkpoint(path, fmt: str | None = None, flavor: str | None = None) -> 
         from .tensorstore_io import read_tensorstore
 
         return read_tensorstore(path)
+    if fmt == "megatron":
+        from .megatron_io import read_megatron
+
+        return read_megatron(path, flavor)
     raise ConversionError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}.")
 
 
@@ -114,6 +122,10 @@ def write_checkpoint(checkpoint: Checkpoint, out, fmt: str, dtype: torch.dtype |
         from .tensorstore_io import write_tensorstore
 
         return write_tensorstore(checkpoint, out, dtype)
+    if fmt == "megatron":
+        from .megatron_io import write_megatron
+
+        return write_megatron(checkpoint, out, dtype)
     raise ConversionError(f"unknown format '{fmt}'; known: {', '.join(FORMATS)}.")
 
 
