@@ -18,7 +18,7 @@ the default decodes one sequence per rank at a time: the regime where speculatio
 rollout share close to the published one. `--batch` changes it.
 
 The policy is the rollout benchmark's trained 25M target (bench/rollout.py; its checkpoint and
-draft model are cached under bench/cache/ and built on first use, about 12 minutes)."""
+draft model are cached (--cache) and built on first use, about 12 minutes)."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from bench.colocate_verify import measure_verify_step
-from bench.rollout import CACHE, distilled_draft, trained_target
+from bench.rollout import add_cache_argument, cache_dir, distilled_draft, trained_target, use_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench.rl_step")
@@ -93,8 +93,8 @@ def policy_overrides(args, nproc: int) -> tuple[object, list[str], list[str]]:
     checkpoint, overrides that add its distilled draft model). Builds both on first use."""
     target = trained_target(args.flavor, 300, args.seed, nproc)
     distilled_draft(target, "debug", 300, args.seed, {"n_layers": 2})
-    draft_file = CACHE / f"draft-debug-{target.args.dim}-300-{args.seed}.pt"
-    checkpoint = CACHE / f"target-{args.flavor}-300-{args.seed}" / "checkpoint" / "step-300"
+    draft_file = cache_dir() / f"draft-debug-{target.args.dim}-300-{args.seed}.pt"
+    checkpoint = cache_dir() / f"target-{args.flavor}-300-{args.seed}" / "checkpoint" / "step-300"
     common = [
         f"--model.flavor={args.flavor}", f"--checkpoint.load_path={checkpoint}",
         "--checkpoint.enable=false", "--sft.steps=300", f"--rl.steps={args.steps}",
@@ -139,7 +139,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-steps", type=int, default=60,
                         help="RL steps of the learning-curve comparison (0 skips it)")
+    add_cache_argument(parser)
     args = parser.parse_args(argv)
+    use_cache(args.cache)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.nproc)
     target, common, speculative = policy_overrides(args, args.nproc)

@@ -4,7 +4,7 @@ parameters, measured side by side in one run, at several batch sizes.
     python -m bench.rollout --json out.json
 
 The target is TRAINED on the synthetic task (a random target says nothing about speculation):
-the first run trains it with the SFT trainer and caches it under bench/cache/; drafters are
+the first run trains it with the SFT trainer and caches it (--cache); drafters are
 distilled from it. Output: per batch size and drafter, tokens/s, acceptance length (tokens
 emitted per sequence per verify step) and speedup_vs_plain."""
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import time
 from pathlib import Path
@@ -29,7 +30,23 @@ from titan_spec.rl.tasks import build_task
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
 
-CACHE = Path(__file__).resolve().parent / "cache"
+# Trained weights are kept outside the checkout unless --cache (or TITAN_SPEC_BENCH_CACHE) says
+# where: they take minutes to build and hundreds of MB.
+_CACHE = [Path(os.environ.get("TITAN_SPEC_BENCH_CACHE",
+                              Path.home() / ".cache" / "titan_spec" / "bench"))]
+
+
+def cache_dir() -> Path:
+    return _CACHE[0]
+
+
+def add_cache_argument(parser) -> None:
+    parser.add_argument("--cache", type=Path, default=cache_dir(),
+                        help="folder for the trained target and drafters (default: %(default)s)")
+
+
+def use_cache(path) -> None:
+    _CACHE[0] = Path(path)
 log = logging.getLogger("bench.rollout")
 
 
@@ -38,7 +55,7 @@ def trained_target(flavor: str, steps: int, seed: int, threads: int):
     from titan_spec.job import build_rank
     from titan_spec.runtime import close_distributed
 
-    folder = CACHE / f"target-{flavor}-{steps}-{seed}"
+    folder = cache_dir() / f"target-{flavor}-{steps}-{seed}"
     cfg = load_config("debug_model.toml", [
         f"--model.flavor={flavor}", f"--sft.steps={steps}", f"--job.dump_folder={folder}",
         f"--job.seed={seed}", "--checkpoint.interval=100000", "--checkpoint.keep_latest_k=1",
@@ -54,7 +71,7 @@ def trained_target(flavor: str, steps: int, seed: int, threads: int):
 
 
 def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict):
-    path = CACHE / f"draft-{flavor}-{target.args.dim}-{steps}-{seed}.pt"
+    path = cache_dir() / f"draft-{flavor}-{target.args.dim}-{steps}-{seed}.pt"
     draft = build_model("qwen3", flavor, seed=seed + 1, **overrides)
     if path.is_file():
         draft.load_state_dict(torch.load(path, weights_only=True))
@@ -69,7 +86,7 @@ def distilled_draft(target, flavor: str, steps: int, seed: int, overrides: dict)
 
 def distilled_heads(target, num_heads: int, steps: int, seed: int):
     """EAGLE (one head) or MTP (one head per depth), distilled jointly, cached."""
-    path = CACHE / f"heads{num_heads}-{target.args.dim}-{steps}-{seed}.pt"
+    path = cache_dir() / f"heads{num_heads}-{target.args.dim}-{steps}-{seed}.pt"
     heads = torch.nn.ModuleList([build_draft_head(target.args, seed=seed + 2 + i)
                                  for i in range(num_heads)])
     if path.is_file():
@@ -130,7 +147,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="best-of-N timing per run")
     parser.add_argument("--seed", type=int, default=0)
+    add_cache_argument(parser)
     args = parser.parse_args(argv)
+    use_cache(args.cache)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -80,3 +80,16 @@ def test_hf_tokenizer_json(tmp_path):
     assert tok.eos_id == 1 and tok.pad_id == 0 and tok.vocab_size == 5
     with pytest.raises(ValueError, match="not found"):
         build_tokenizer(str(tmp_path / "missing"))
+
+
+def test_char_tokenizer_exports_hugging_face_files(tmp_path):
+    """An exported char-tokenizer model carries a tokenizer.json: the same ids both ways."""
+    from titan_spec.data.tokenizer import encode_prompt
+
+    char = CharTokenizer()
+    char.write_files(tmp_path)
+    hf = HFTokenizer(str(tmp_path))
+    text = "12+345=357; (a, b) #x"
+    assert encode_prompt(hf, text) == encode_prompt(char, text)
+    assert hf.decode(char.encode(text) + [char.eos_id]) == text
+    assert (hf.eos_id, hf.pad_id, hf.vocab_size) == (char.eos_id, char.pad_id, char.vocab_size)

@@ -39,6 +39,22 @@ class CharTokenizer:
     def format_prompt(self, text: str) -> str:
         return text
 
+    def write_files(self, folder: Path) -> None:
+        """The same vocabulary as Hugging Face tokenizer files (a word-level model over single
+        characters), so an exported model comes with a tokenizer transformers loads."""
+        from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+        tokenizer = Tokenizer(models.WordLevel({t: i for i, t in enumerate(self.vocab)},
+                                               unk_token=None))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
+        tokenizer.add_special_tokens([AddedToken(t, special=True) for t in self.SPECIALS])
+        tokenizer.save(str(Path(folder) / "tokenizer.json"))
+        pad, bos, eos = self.SPECIALS
+        (Path(folder) / "tokenizer_config.json").write_text(json.dumps(
+            {"bos_token": bos, "eos_token": eos, "pad_token": pad,
+             "tokenizer_class": "PreTrainedTokenizerFast"}, indent=1))
+
 
 class HFTokenizer:
     """A Hugging Face tokenizer: a `tokenizer.json`, or a model folder holding one, whose

@@ -113,6 +113,9 @@ def write_metadata(folder: Path, args, adapter, dtype: str, source_folder=None,
         config = read_config(source)  # keeps fields we do not model (ids, architectures...)
     else:
         config = adapter.config_from_args(args, dtype)
+        if tokenizer is not None:  # transformers aligns these with the tokenizer otherwise
+            config.update(bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                          pad_token_id=tokenizer.pad_id)
     config.update(torch_dtype=dtype, dtype=dtype)
     (folder / CONFIG).write_text(json.dumps(config, indent=2))
     if source is not None and (source / GENERATION_CONFIG).is_file():
@@ -122,7 +125,10 @@ def write_metadata(folder: Path, args, adapter, dtype: str, source_folder=None,
         generation = {"eos_token_id": stops[0] if len(stops) == 1 else stops,
                       "pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id}
         (folder / GENERATION_CONFIG).write_text(json.dumps(generation, indent=2))
-    copy_tokenizer_files(getattr(tokenizer, "folder", None) or source, folder)
+    tokenizer_source = getattr(tokenizer, "folder", None) or source
+    if tokenizer_source is None and hasattr(tokenizer, "write_files"):
+        tokenizer.write_files(folder)  # the character tokenizer has no files of its own
+    copy_tokenizer_files(tokenizer_source, folder)
 
 
 def copy_tokenizer_files(source, folder: Path) -> None:
