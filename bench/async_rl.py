@@ -36,7 +36,7 @@ from statistics import median
 import torch
 
 from bench.rl_step import policy_overrides, read_records, report, run_arm
-from bench.rollout import add_cache_argument, use_cache
+from bench.rollout import parse_bench_args
 
 log = logging.getLogger("bench.async_rl")
 SYNC_KEYS = ("time_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
@@ -100,12 +100,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=2,
                         help="runs of all four arms; the ratios reported are their median")
-    add_cache_argument(parser)
-    args = parser.parse_args(argv)
-    use_cache(args.cache)
+    args = parse_bench_args(parser, argv, threads=False)
     if args.skip >= args.steps:
         parser.error(f"--skip {args.skip} leaves no timed step of --steps {args.steps}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(2)
     target, common, speculative = policy_overrides(args, 2)
     plain = ["--drafter.kind=none"]

@@ -76,7 +76,7 @@ def _sliced_rank(rank: int, world: int, port: int, folder: str, out: str) -> Non
 
     from titan_spec.config import load_config
     from titan_spec.formats.hf import hf_model_args, load_into_shards
-    from titan_spec.models import get_model_spec
+    from titan_spec.models import build_model_from_args
     from titan_spec.models.init import materialize
     from titan_spec.parallel.parallel_dims import ParallelDims
     from titan_spec.parallel.plans import parallelize
@@ -86,8 +86,7 @@ def _sliced_rank(rank: int, world: int, port: int, folder: str, out: str) -> Non
     cfg = load_config("debug_model.toml", [f"--parallelism.dp_shard={world}"])
     dims = ParallelDims.from_config(cfg.parallelism, world)
     dims.build_meshes("cpu")
-    with torch.device("meta"):
-        model = get_model_spec("qwen3").builder(hf_model_args("qwen3", folder))
+    model = build_model_from_args("qwen3", hf_model_args("qwen3", folder))
     parallelize("qwen3", model, dims, cfg.parallelism, "cpu")
     before = _start_measuring()
     materialize(model, torch.device("cpu"))

@@ -26,15 +26,9 @@ from pathlib import Path
 
 import torch
 
-from bench.rollout import (
-    add_cache_argument,
-    cache_dir,
-    distilled_draft,
-    rl_prompts,
-    trained_target,
-    use_cache,
-)
+from bench.rollout import cache_dir, distilled_draft, parse_bench_args, rl_prompts, trained_target
 from titan_spec.data.tokenizer import CharTokenizer
+from titan_spec.formats.hf import load_hf_model
 
 log = logging.getLogger("bench.peers")
 LONG_K = 16
@@ -49,18 +43,6 @@ def exported(model, name: str) -> Path:
         export_hf(model, folder, "qwen3", "float32", writer=True, max_shard_bytes=1 << 30,
                   tokenizer=TOKENIZER)
     return folder
-
-
-def ours_from(folder: Path):
-    from titan_spec.formats.hf import hf_model_args, load_into_shards
-    from titan_spec.models import get_model_spec
-    from titan_spec.models.init import materialize
-
-    with torch.device("meta"):
-        model = get_model_spec("qwen3").builder(hf_model_args("qwen3", folder))
-    materialize(model, torch.device("cpu"))
-    load_into_shards(model, folder, "qwen3")
-    return model.eval()
 
 
 def _batches(prompts: list[list[int]], size: int):
@@ -185,11 +167,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--grpo-steps", type=int, default=10, help="0 skips the GRPO part")
     parser.add_argument("--grpo-prompts", type=int, default=4, help="prompts per GRPO step")
     parser.add_argument("--grpo-group", type=int, default=4)
-    add_cache_argument(parser)
-    args = parser.parse_args(argv)
-    use_cache(args.cache)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, argv)
     from transformers import AutoModelForCausalLM
 
     target_src = trained_target(args.flavor, 300, args.seed, args.threads)
@@ -198,7 +176,7 @@ def main(argv=None) -> dict:
                "draft": exported(draft_src, f"draft-{args.flavor}")}
     hf = {name: AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
           for name, folder in folders.items()}
-    target, draft = ours_from(folders["target"]), ours_from(folders["draft"])
+    target, draft = (load_hf_model(folders[name]).eval() for name in ("target", "draft"))
     prompts, _ = rl_prompts(args.prompts, 1, args.seed)
     results = []
     for batch in (1, 8):

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from bench.colocate_verify import measure_verify_step
-from bench.rollout import add_cache_argument, cache_dir, distilled_draft, trained_target, use_cache
+from bench.rollout import cache_dir, distilled_draft, parse_bench_args, trained_target
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench.rl_step")
@@ -139,10 +139,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--curve-steps", type=int, default=60,
                         help="RL steps of the learning-curve comparison (0 skips it)")
-    add_cache_argument(parser)
-    args = parser.parse_args(argv)
-    use_cache(args.cache)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    args = parse_bench_args(parser, argv, threads=False)
     torch.set_num_threads(args.nproc)
     target, common, speculative = policy_overrides(args, args.nproc)
     with tempfile.TemporaryDirectory(prefix="rl_step_") as tmp:

@@ -47,6 +47,18 @@ def add_cache_argument(parser) -> None:
 
 def use_cache(path) -> None:
     _CACHE[0] = Path(path)
+
+
+def parse_bench_args(parser, argv, threads: bool = True):
+    """Parse with --cache added, point the cache there, and set up logging (and the torch
+    threads, from --threads) as every benchmark over the cached target does."""
+    add_cache_argument(parser)
+    args = parser.parse_args(argv)
+    use_cache(args.cache)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if threads:
+        torch.set_num_threads(args.threads)
+    return args
 log = logging.getLogger("bench.rollout")
 
 
@@ -147,11 +159,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2, help="best-of-N timing per run")
     parser.add_argument("--seed", type=int, default=0)
-    add_cache_argument(parser)
-    args = parser.parse_args(argv)
-    use_cache(args.cache)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    torch.set_num_threads(args.threads)
+    args = parse_bench_args(parser, argv)
     torch.manual_seed(args.seed)
 
     target = trained_target(args.flavor, args.train_steps, args.seed, args.threads)

@@ -32,13 +32,10 @@ def _local_numel(param) -> int:
 
 def _meta_model(cfg):
     """The job's model without storage (its shape from model.flavor or an HF config.json)."""
-    import torch
-
     from titan_spec.formats.initial_load import model_args
-    from titan_spec.models import get_model_spec
+    from titan_spec.models import build_model_from_args
 
-    with torch.device("meta"):
-        return get_model_spec(cfg.model.name).builder(model_args(cfg))
+    return build_model_from_args(cfg.model.name, model_args(cfg))
 
 
 def learner_plan(cfg, dims) -> dict:

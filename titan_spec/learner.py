@@ -15,8 +15,8 @@ from torch import nn
 from titan_spec.components.lr_scheduler import build_lr_scheduler
 from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
 from titan_spec.formats.initial_load import hf_folder, load_initial_weights, model_args
-from titan_spec.models import get_model_spec
-from titan_spec.models.init import materialize, materialize_and_init
+from titan_spec.models import build_model_from_args, get_model_spec
+from titan_spec.models.init import init_weights, materialize
 from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.parallel.plans import parallelize
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
@@ -44,15 +44,14 @@ class Learner:
         when a checkpoint will be resumed into it anyway); otherwise it is initialised from
         job.seed."""
         spec = get_model_spec(cfg.model.name)
-        with torch.device("meta"):
-            model = spec.builder(model_args(cfg))
+        model = build_model_from_args(cfg.model.name, model_args(cfg))
         if model.args.vocab_size < vocab_size:
             raise ValueError(f"model vocab {model.args.vocab_size} < tokenizer vocab "
                              f"{vocab_size}; pick a matching model.flavor.")
         parallelize(cfg.model.name, model, dims, cfg.parallelism, device.type)
         materialize(model, device)
         if not (initial_weights and load_initial_weights(model, cfg)):
-            materialize_and_init(model, device, cfg.job.seed)
+            init_weights(model, device, cfg.job.seed)
         log.info("model %s/%s: %.2fM parameters, layout dp_replicate=%d dp_shard=%d tp=%d "
                  "ep=%d", cfg.model.name, hf_folder(cfg) or cfg.model.flavor,
                  model.args.num_params() / 1e6, dims.dp_replicate, dims.dp_shard, dims.tp, dims.ep)
@@ -188,9 +187,7 @@ def _empty_like(builder, args, device) -> nn.Module:
     checkpoint)."""
     with torch.device("meta"):
         module = builder(args)
-    module.to_empty(device=device)
-    module.tie_weights()
-    module.init_buffers(device)
+    materialize(module, device)
     for param in module.parameters():
         param.requires_grad_(False)
     return module.eval()

@@ -27,7 +27,7 @@ from titan_spec.config import ConfigError, load_config
 from titan_spec.data.tokenizer import build_tokenizer, encode_prompt
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.formats.initial_load import model_args, tokenizer_spec
-from titan_spec.models import get_model_spec
+from titan_spec.models import build_model_from_args
 from titan_spec.models.init import materialize
 from titan_spec.rl.tasks import task_from_config
 from titan_spec.rollout.engine import RolloutEngine
@@ -35,9 +35,8 @@ from titan_spec.rollout.sampling import SamplingParams
 
 
 def load_target(cfg, checkpoint: str):
-    with torch.device("meta"):
-        model = get_model_spec(cfg.model.name).builder(model_args(cfg))
-    materialize(model, torch.device("cpu"))
+    model = materialize(build_model_from_args(cfg.model.name, model_args(cfg)),
+                        torch.device("cpu"))
     path = Path(checkpoint)
     if not (path / ".metadata").is_file():
         raise ValueError(f"{path} is not a DCP checkpoint step folder (no .metadata); pass e.g. "

@@ -30,15 +30,9 @@ def hf_folders(tmp_path_factory):
 
 
 def _our_model(folder):
-    from titan_spec.formats.hf import hf_model_args, load_into_shards
-    from titan_spec.models import get_model_spec
-    from titan_spec.models.init import materialize
+    from titan_spec.formats.hf import load_hf_model
 
-    with torch.device("meta"):
-        model = get_model_spec("qwen3").builder(hf_model_args("qwen3", folder))
-    materialize(model, torch.device("cpu"))
-    load_into_shards(model, folder, "qwen3")
-    return model.eval()
+    return load_hf_model(folder).eval()
 
 
 @torch.no_grad()

@@ -178,9 +178,6 @@ class CheckpointManager:
             for _, path in list_checkpoints(self.folder)[:-keep]:
                 shutil.rmtree(path, ignore_errors=True)
 
-    def find_resume_point(self) -> Path | None:
-        return find_resume_point(self.cfg, self.folder)
-
     def load(self, path: Path) -> dict:
         try:
             extras = self._saved_extras(path)

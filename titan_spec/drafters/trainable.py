@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import nn
 
 from . import build_drafter
@@ -54,7 +53,7 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
     """target: the policy (its args shape the heads unless head_args gives the full shapes,
     e.g. for a tensor-parallel target); draft_args: the draft model's shape when it does not
     come from draft_flavor (an HF folder's config.json). Parameters are plain and replicated."""
-    from titan_spec.models import build_model
+    from titan_spec.models import build_model, build_model_from_args
     from titan_spec.models.heads import build_draft_head
 
     if kind not in LEARNABLE:
@@ -63,12 +62,7 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
     if kind == "draft_model":
         overrides = {"n_layers": draft_layers} if draft_layers else {}
         if draft_args is not None:
-            from titan_spec.models import get_model_spec
-            from titan_spec.models.init import materialize_and_init
-
-            with torch.device("meta"):
-                model = get_model_spec(model_name).builder(draft_args)
-            model = materialize_and_init(model, torch.device(device), seed)
+            model = build_model_from_args(model_name, draft_args, device=device, seed=seed)
         else:
             model = build_model(model_name, draft_flavor, device=device, seed=seed, **overrides)
         if model.args.vocab_size < target.args.vocab_size:

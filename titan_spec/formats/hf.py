@@ -105,6 +105,17 @@ def load_into_shards(model, folder, model_name: str) -> None:
         weights.close()
 
 
+def load_hf_model(folder, model_name: str = "qwen3", device="cpu"):
+    """A whole (unparallelised) model filled from an HF folder."""
+    from titan_spec.models import build_model_from_args
+    from titan_spec.models.init import materialize
+
+    args = hf_model_args(model_name, folder)
+    model = materialize(build_model_from_args(model_name, args), torch.device(device))
+    load_into_shards(model, folder, model_name)
+    return model
+
+
 def is_hf_folder(path) -> bool:
     return bool(path) and (Path(path) / CONFIG).is_file()
 

@@ -168,18 +168,22 @@ def export_hf(model, out, model_name: str, dtype: str, *, writer: bool, max_shar
 
 
 def write_heads(state: dict, out, kind: str, dtype: str) -> Path:
-    """Drafter heads (eagle / mtp): their state dict as one safetensors file plus a JSON
-    description, in a temporary folder renamed into place."""
-    from safetensors.torch import save_file
-
+    """Drafter heads (eagle / mtp) at `out`, through a temporary folder renamed into place."""
     out = Path(out)
     tmp = temporary(out)
-    state = {name: tensor.detach().to(DTYPES[dtype], copy=True).contiguous()
-             for name, tensor in state.items()}
-    save_file(state, str(tmp / "drafter.safetensors"), metadata={"format": "pt"})
-    heads = len({name.split(".", 1)[0] for name in state})
-    (tmp / "drafter.json").write_text(json.dumps(
-        {"format": "titan-spec-heads", "kind": kind, "num_heads": heads, "dtype": dtype,
-         "tensors": {name: list(t.shape) for name, t in state.items()}}, indent=2))
+    write_heads_into(tmp, state, kind, dtype)
     replace(tmp, out)
     return out
+
+
+def write_heads_into(folder: Path, state: dict, kind: str, dtype: str) -> None:
+    """Drafter heads' state dict as drafter.safetensors plus drafter.json, in `folder`."""
+    from safetensors.torch import save_file
+
+    state = {name: tensor.detach().to(DTYPES[dtype], copy=True).contiguous()
+             for name, tensor in state.items()}
+    save_file(state, str(folder / "drafter.safetensors"), metadata={"format": "pt"})
+    heads = len({name.split(".", 1)[0] for name in state})
+    (folder / "drafter.json").write_text(json.dumps(
+        {"format": "titan-spec-heads", "kind": kind, "num_heads": heads, "dtype": dtype,
+         "tensors": {name: list(t.shape) for name, t in state.items()}}, indent=2))

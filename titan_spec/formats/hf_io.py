@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from titan_spec.models import get_model_spec
+from titan_spec.models import build_model_from_args, get_model_spec
 
 from .description import args_of
-from .hf import check_weights, hf_model_args, is_hf_folder
+from .hf import check_weights, global_shapes, hf_model_args, is_hf_folder
 from .hf_export import (
     HFWeightsWriter,
     copy_tokenizer_files,
     replace,
     temporary,
-    write_heads,
+    write_heads_into,
     write_metadata,
 )
 from .safetensors_folder import SafetensorsFolder
@@ -37,8 +37,7 @@ def drafter_folder(folder: Path) -> Path:
 def _model_entries(folder: Path, prefix: str) -> tuple[object, dict[str, Entry]]:
     spec = get_model_spec(MODEL_NAME)
     args = hf_model_args(MODEL_NAME, folder)
-    with torch.device("meta"):
-        shapes = {name: tuple(t.shape) for name, t in spec.builder(args).state_dict().items()}
+    shapes = global_shapes(build_model_from_args(MODEL_NAME, args))
     weights = SafetensorsFolder(folder)
     check_weights(weights, args, spec.hf, shapes)
     entries = {}
@@ -136,5 +135,4 @@ def _write_drafter(checkpoint: Checkpoint, out: Path, dtype, max_shard_bytes: in
         return
     state = {name: entry.read() for name, entry in entries.items()}  # heads are small
     dtype_name = str(dtype or next(iter(state.values())).dtype).removeprefix("torch.")
-    out.rmdir()
-    write_heads(state, out, drafter["kind"], dtype_name)
+    write_heads_into(out, state, drafter["kind"], dtype_name)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from titan_spec.models import get_model_spec
+from titan_spec.models import build_model_from_args, get_model_spec
 
-from .hf import global_shapes, hf_model_args, load_into_shards
+from .hf import check_weights, global_shapes, hf_model_args, load_into_shards
 from .safetensors_folder import SafetensorsFolder, WeightsError
 
 log = logging.getLogger("titan_spec")
@@ -51,10 +51,7 @@ def check_initial_load(cfg, vocab_size: int | None = None) -> None:
         return
     spec = get_model_spec(cfg.model.name)
     args = model_args(cfg)
-    with torch.device("meta"):
-        model = spec.builder(args)
-    from .hf import check_weights
-
+    model = build_model_from_args(cfg.model.name, args)
     if vocab_size is not None and vocab_size > args.vocab_size:
         raise WeightsError(f"the tokenizer ({tokenizer_spec(cfg)}) has {vocab_size} tokens, "
                            f"more than the {args.vocab_size} rows of {folder}/config.json's "

@@ -10,10 +10,15 @@ from .registry import ModelSpec, get_model_spec, register
 
 
 def build_model(name: str, flavor: str, *, device="cpu", seed: int = 0, **overrides):
-    spec = get_model_spec(name)
-    args = spec.args(flavor, **overrides)
+    return build_model_from_args(name, get_model_spec(name).args(flavor, **overrides),
+                                 device=device, seed=seed)
+
+
+def build_model_from_args(name: str, args, *, device="meta", seed: int = 0):
+    """The family's model of these args: parameter-free on the meta device (to be
+    parallelised, then materialised), or initialised from `seed` on `device`."""
     with torch.device("meta"):
-        model = spec.builder(args)
+        model = get_model_spec(name).builder(args)
     if str(device) == "meta":
         return model
     from titan_spec.models.init import materialize_and_init
@@ -21,4 +26,4 @@ def build_model(name: str, flavor: str, *, device="cpu", seed: int = 0, **overri
     return materialize_and_init(model, torch.device(device), seed)
 
 
-__all__ = ["ModelSpec", "build_model", "get_model_spec", "register"]
+__all__ = ["ModelSpec", "build_model", "build_model_from_args", "get_model_spec", "register"]

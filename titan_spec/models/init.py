@@ -37,9 +37,14 @@ def materialize(model: nn.Module, device) -> nn.Module:
 
 @torch.no_grad()
 def materialize_and_init(model: nn.Module, device, seed: int) -> nn.Module:
+    return init_weights(materialize(model, device), device, seed)
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, device, seed: int) -> nn.Module:
+    """Fill a materialised model's parameters from (seed, parameter name)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
-    materialize(model, device)
     for raw_name, param in model.named_parameters():
         name = canonical_name(raw_name)
         full = _full_init(tuple(param.shape), model.init_std(name), seed, name)

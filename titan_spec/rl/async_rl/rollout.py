@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.formats.initial_load import model_args
-from titan_spec.models import get_model_spec
+from titan_spec.models import build_model_from_args, get_model_spec
 from titan_spec.models.init import canonical_name
 from titan_spec.parallel.rollout_layout import build_rollout_model
 
@@ -44,8 +44,7 @@ class RolloutWorker:
         args = model_args(cfg)
         dims = layout.rollout_dims
         model = build_rollout_model(spec.builder, args, env.device, dims.tp, dims.tp_group())
-        with torch.device("meta"):
-            full = spec.builder(args)
+        full = build_model_from_args(cfg.model.name, args)
         full_shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
         drafters = DrafterRuntime.build(cfg.drafter, cfg.model, args, model, cfg.job.seed,
                                         env.device)
