@@ -9,14 +9,22 @@ import torch
 P_VALUE_FLOOR = 1e-6
 
 
-def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor) -> float:
-    """samples: token ids [N]; probs [V]. Zero-probability tokens must never occur."""
+def chi_square_p_value(samples: torch.Tensor, probs: torch.Tensor,
+                       min_expected: float = 0.0) -> float:
+    """samples: token ids [N]; probs [V]. Zero-probability tokens must never occur. Bins
+    expected to hold fewer than `min_expected` samples are pooled into one (the chi-square
+    approximation needs a few expected counts per bin)."""
     counts = torch.bincount(samples, minlength=probs.numel()).double()
     support = probs > 0
     assert counts[~support].sum() == 0, f"sampled zero-probability tokens {counts[~support]}"
     expected = probs.double()[support] * samples.numel()
-    statistic = ((counts[support] - expected) ** 2 / expected).sum()
-    dof = int(support.sum()) - 1
+    counts = counts[support]
+    small = expected < min_expected
+    if small.any():
+        counts = torch.cat([counts[~small], counts[small].sum().view(1)])
+        expected = torch.cat([expected[~small], expected[small].sum().view(1)])
+    statistic = ((counts - expected) ** 2 / expected).sum()
+    dof = expected.numel() - 1
     if dof == 0:
         return 1.0
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),

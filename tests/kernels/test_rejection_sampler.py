@@ -1,5 +1,7 @@
-"""Losslessness of rejection_sample (statistical, 1e5 samples each) and exact equality of the
-Triton kernels (interpreter on CPU) with the PyTorch reference given the same random numbers."""
+"""Losslessness of rejection_sample's token rule (statistical, 1e5 samples each) and exact
+equality of the Triton kernels (interpreter on CPU, random numbers drawn in the kernel) with the
+PyTorch reference given the CPU twin's numbers for the same keys; the block rule's own tests are
+in test_block_verification.py."""
 
 import os
 import subprocess
@@ -9,8 +11,16 @@ import pytest
 import torch
 
 from tests.stats import P_VALUE_FLOOR, chi_square_p_value
-from titan_spec.kernels.rejection_reference import rejection_sample_reference
-from titan_spec.kernels.rejection_sampler import draw_random, rejection_sample
+from titan_spec.kernels.counter_rng import (
+    ACCEPT,
+    DRAFT,
+    RESIDUAL,
+    RandomKeys,
+    exponentials,
+    uniforms,
+)
+from titan_spec.kernels.rejection_reference import rejection_sample_reference, sample_reference
+from titan_spec.kernels.rejection_sampler import rejection_sample
 from titan_spec.rollout.sampling import SamplingParams, process_logits
 
 N = 100_000
@@ -129,8 +139,9 @@ CASES = [(k, has_draft, batch, vocab) for k in (0, 1, 4) for has_draft in (True,
          for batch, vocab in ((5, 37),)] + [(2, True, 3, 300)]
 
 
+@pytest.mark.parametrize("rule", ["token", "block"])
 @pytest.mark.parametrize("k, has_draft, batch, vocab", CASES)
-def test_triton_equals_reference(k, has_draft, batch, vocab):
+def test_triton_equals_reference(k, has_draft, batch, vocab, rule):
     from titan_spec.kernels.rejection_triton import rejection_sample_triton
 
     gen = torch.Generator().manual_seed(k * 7 + has_draft)
@@ -146,10 +157,49 @@ def test_triton_equals_reference(k, has_draft, batch, vocab):
         ids = torch.randint(0, vocab, (batch, k), generator=gen)
     draft_probs = draft if has_draft else None
     for trial in range(3):
-        uniforms, noise = draw_random(batch, k, vocab, "cpu", gen)
-        expected = rejection_sample_reference(ids, draft_probs, target, uniforms, noise)
-        got = rejection_sample_triton(ids, draft_probs, target, uniforms, noise, block=64)
+        keys = RandomKeys.of(2**40 + trial, torch.randint(0, 2**31, (batch,), generator=gen),
+                             torch.randint(0, 2**20, (batch,), generator=gen))
+        expected = rejection_sample_reference(ids, draft_probs, target, uniforms(keys, k, ACCEPT),
+                                              exponentials(keys, vocab, RESIDUAL), rule)
+        got = rejection_sample_triton(ids, draft_probs, target, keys, rule, block=64)
         assert torch.equal(got, expected), (trial, got, expected)
+
+
+def test_triton_draft_sampling_equals_reference():
+    from titan_spec.kernels.rejection_triton import sample_triton
+
+    probs = torch.softmax(torch.randn(4, 300, generator=torch.Generator().manual_seed(5)), -1)
+    probs[0, 100:] = 0.0
+    keys = RandomKeys.of(77, [0, 1, 2, 3], [9, 9, 30, 1])
+    for step in range(3):
+        expected = sample_reference(probs, exponentials(keys, 300, DRAFT + step))
+        assert torch.equal(sample_triton(probs, keys, DRAFT + step, block=64), expected)
+
+
+def test_counter_twin_equals_triton_philox():
+    """The CPU twin's words are tl.philox's for the same seed and counters."""
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    from titan_spec.kernels.counter_rng import philox4x32
+
+    @triton.jit
+    def words_kernel(out_ptr, seed, request, position, stream, N: tl.constexpr):
+        offsets = tl.arange(0, N)
+        zero = offsets * 0
+        words = tl.philox(seed, offsets.to(tl.uint32), (zero + request).to(tl.uint32),
+                          (zero + position).to(tl.uint32), (zero + stream).to(tl.uint32))
+        for lane in tl.static_range(4):
+            tl.store(out_ptr + offsets * 4 + lane, words[lane].to(tl.int64))
+
+    seed, request, position, stream = 2**41 + 12345, 7, 1234567, 3
+    out = torch.zeros(64 * 4, dtype=torch.int64)
+    words_kernel[(1,)](out, seed, request, position, stream, N=64)
+    full = lambda value: np.full(64, value, dtype=np.uint64)  # noqa: E731
+    twin = philox4x32(seed, np.arange(64, dtype=np.uint64), full(request), full(position),
+                      full(stream))
+    assert np.array_equal(out.numpy(), np.stack(twin, axis=-1).reshape(-1).astype(np.int64))
 
 
 def test_kernels_compile_ahead_of_time_for_hopper():
@@ -159,4 +209,4 @@ def test_kernels_compile_ahead_of_time_for_hopper():
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
-    assert len(lines) == 4 and all(": sm_90 cubin" in line for line in lines), proc.stdout
+    assert len(lines) == 7 and all(": sm_90 cubin" in line for line in lines), proc.stdout

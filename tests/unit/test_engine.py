@@ -43,13 +43,14 @@ def drafters(target):
 DRAFTER_NAMES = ["ngram", "draft_model", "self_draft", "wrong"]
 
 
+@pytest.mark.parametrize("verify", ["token", "block"])
 @pytest.mark.parametrize("name", DRAFTER_NAMES)
 @pytest.mark.parametrize("k", [1, 4])
-def test_greedy_is_token_for_token_identical(target, drafters, name, k):
+def test_greedy_is_token_for_token_identical(target, drafters, name, k, verify):
     params = SamplingParams(temperature=0, max_new_tokens=24)
     plain = RolloutEngine(target, max_batch_size=2, max_seq_len=64).generate(PROMPTS, params)
     engine = RolloutEngine(target, drafters[name](), num_draft_tokens=k, max_batch_size=3,
-                           max_seq_len=64)
+                           max_seq_len=64, verify=verify)
     spec = engine.generate(PROMPTS, params)
     assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
     if name == "self_draft":
@@ -63,10 +64,14 @@ PARAMS = {
 }
 
 
+SPECULATIVE_CASES = [(None, "token"), ("ngram", "token"), ("draft_model", "token"),
+                     ("ngram", "block"), ("draft_model", "block")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("params_name", list(PARAMS))
-@pytest.mark.parametrize("name", [None, "ngram", "draft_model"])
-def test_sequence_distribution_is_exact(target, drafters, name, params_name):
+@pytest.mark.parametrize("name, verify", SPECULATIVE_CASES)
+def test_sequence_distribution_is_exact(target, drafters, name, verify, params_name):
     """20k three-token continuations over a 6-token vocabulary (216 outcomes) match the
     target's exact sequence probabilities (p-value floor 1e-6 per test)."""
     params, vocab, n = PARAMS[params_name], 6, 20_000
@@ -74,7 +79,7 @@ def test_sequence_distribution_is_exact(target, drafters, name, params_name):
     exact, outcomes = exact_sequence_probs(target, prompt, 3, params, vocab)
     drafter = drafters[name]() if name else None
     engine = RolloutEngine(target, drafter, num_draft_tokens=2, max_batch_size=2000,
-                           max_seq_len=16, vocab_size=vocab)
+                           max_seq_len=16, vocab_size=vocab, verify=verify)
     completions = engine.generate([prompt] * n, params)
     index = {o: i for i, o in enumerate(outcomes)}
     samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
@@ -127,6 +132,25 @@ def test_seeded_determinism_independent_of_batching(target, drafters):
     other = RolloutEngine(target, max_batch_size=5, max_seq_len=64).generate(
         PROMPTS, SamplingParams(temperature=1.0, max_new_tokens=12, seed=8))
     assert [c.token_ids for c in other] != tokens[0]
+
+
+@pytest.mark.parametrize("verify", ["token", "block"])
+def test_a_request_gets_the_same_tokens_alone_and_in_any_batch(target, drafters, verify):
+    """Counter-based random numbers: keyed by (seed, request id, position, stream), never by
+    the batch slot or the other requests."""
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=2**40 + 9)
+    ids = [40 + i for i in range(len(PROMPTS))]
+    alone = [RolloutEngine(target, drafters["draft_model"](), num_draft_tokens=3,
+                           max_batch_size=1, max_seq_len=64, verify=verify)
+             .generate([p], params, request_ids=[i])[0].token_ids
+             for p, i in zip(PROMPTS, ids, strict=True)]
+    order = [3, 0, 4, 2, 1]
+    mixed = RolloutEngine(target, drafters["draft_model"](), num_draft_tokens=3,
+                          max_batch_size=3, max_seq_len=64, verify=verify).generate(
+        [PROMPTS[i] for i in order] + [[1, 2]], params,
+        request_ids=[ids[i] for i in order] + [7])
+    assert [mixed[order.index(i)].token_ids for i in range(len(PROMPTS))] == alone
+    assert len({tuple(t) for t in alone}) > 1
 
 
 @pytest.mark.parametrize("name", [None, "draft_model"])

@@ -2,6 +2,7 @@ import torch
 
 from titan_spec.drafters.base import DraftRequest
 from titan_spec.drafters.ngram import NgramDrafter, find_continuation
+from titan_spec.kernels.counter_rng import RandomKeys
 from titan_spec.rollout.sampling import SamplingParams
 
 
@@ -15,7 +16,8 @@ def test_find_continuation_takes_the_last_occurrence():
 
 def _request(sequences, group_ids, k=3):
     return DraftRequest(slots=list(range(len(sequences))), sequences=sequences,
-                        group_ids=group_ids, k=k, sampling=SamplingParams(), generators=[],
+                        group_ids=group_ids, k=k, sampling=SamplingParams(),
+                        keys=RandomKeys.of(0, range(len(sequences)), [0] * len(sequences)),
                         vocab_size=64, device=torch.device("cpu"))
 
 

@@ -152,6 +152,12 @@ class Drafter:
         choices=("none", "ngram", "draft_model", "eagle", "mtp"),
     )
     num_draft_tokens: int = opt(4, "Tokens drafted per verify step (k).")
+    verify: str = opt(
+        "token", "Verification rule, both lossless: token (accept drafts one by one, stop at "
+        "the first rejection) or block (Sun et al., ICLR 2025: judge the drafted block as a "
+        "whole, which keeps at least as many tokens in expectation).",
+        choices=("token", "block"),
+    )
     adaptive: bool = opt(
         False, "Choose k in [0, num_draft_tokens] each iteration from measured costs and "
         "acceptance (tp=1 only: ranks would choose differently)."

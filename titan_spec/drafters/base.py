@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from titan_spec.kernels.counter_rng import DRAFT
+from titan_spec.kernels.rejection_sampler import sample
 from titan_spec.rollout.draft_request import DraftRequest  # noqa: F401  (the protocol's input)
 from titan_spec.rollout.kv_cache import KVCache, prefill_batch
 
@@ -96,8 +98,6 @@ def gather_tokens(sequences: list[list[int]], positions: torch.Tensor) -> torch.
     return torch.tensor(rows, dtype=torch.long, device=positions.device)
 
 
-def sample_rows(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One draw per row of probs [B, V], row b from generators[b] (exponential race)."""
-    noise = torch.stack([torch.empty(probs.shape[-1], device=probs.device)
-                         .exponential_(generator=g) for g in generators])
-    return (probs / noise.clamp(min=torch.finfo(torch.float32).tiny)).argmax(dim=-1)
+def sample_rows(probs: torch.Tensor, request: DraftRequest, step: int) -> torch.Tensor:
+    """Draft step `step`'s draw for every row of probs [B, V], from the rows' own keys."""
+    return sample(probs, request.keys, DRAFT + step)

@@ -34,7 +34,7 @@ class DraftModelDrafter(CachedDrafter):
         draft_ids, draft_probs = [], []
         for i in range(request.k):
             probs = process_logits(logits, request.sampling, request.vocab_size)
-            token = sample_rows(probs, request.generators)
+            token = sample_rows(probs, request, i)
             draft_ids.append(token)
             draft_probs.append(probs)
             if i + 1 < request.k:

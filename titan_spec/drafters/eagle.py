@@ -86,7 +86,7 @@ class HeadChainDrafter(Drafter):
         for i in range(request.k):
             probs = process_logits(self._logits(predicted[:, -1]), request.sampling,
                                    request.vocab_size)
-            token = sample_rows(probs, request.generators)
+            token = sample_rows(probs, request, i)
             draft_ids.append(token)
             draft_probs.append(probs)
             if i + 1 < request.k:

@@ -132,7 +132,8 @@ class DrafterRuntime:
                       max(map(len, prompts)) + rollout_cfg.max_new_tokens + 1)
         return RolloutEngine(target, self.drafter, num_draft_tokens=self.cfg.num_draft_tokens,
                              max_batch_size=rollout_cfg.max_batch_size, max_seq_len=max_len,
-                             vocab_size=vocab_size, adaptive=self.adaptive_k)
+                             vocab_size=vocab_size, adaptive=self.adaptive_k,
+                             verify=self.cfg.verify)
 
     def acceptance(self, accepted: list, drafted: list, warn: bool) -> tuple[list[float], bool]:
         """Per-position acceptance rates of a step, and whether the drafter has collapsed

@@ -11,12 +11,36 @@ import argparse
 import os
 
 _POINTERS = {"draft_ids_ptr": "*i64", "draft_probs_ptr": "*fp32", "target_probs_ptr": "*fp32"}
-ACCEPT_SIGNATURE = {**_POINTERS, "uniforms_ptr": "*fp64", "out_ptr": "*i64",
-                    "num_accepted_ptr": "*i64", "num_drafts": "i32", "vocab_size": "i32",
+_KEYS = {"request_ptr": "*i64", "position_ptr": "*i64", "seed": "i64"}
+ACCEPT_SIGNATURE = {**_POINTERS, **_KEYS, "out_ptr": "*i64", "num_accepted_ptr": "*i64",
+                    "scale_ptr": "*fp64", "num_drafts": "i32", "vocab_size": "i32",
                     "HAS_DRAFT_PROBS": "constexpr"}
-RESAMPLE_SIGNATURE = {"num_accepted_ptr": "*i64", **_POINTERS, "noise_ptr": "*fp32",
+BLOCK_ACCEPT_SIGNATURE = {**ACCEPT_SIGNATURE, "BLOCK": "constexpr"}
+RESAMPLE_SIGNATURE = {"num_accepted_ptr": "*i64", "scale_ptr": "*fp64", **_POINTERS, **_KEYS,
                       "out_ptr": "*i64", "num_drafts": "i32", "vocab_size": "i32",
                       "HAS_DRAFT_PROBS": "constexpr", "BLOCK": "constexpr"}
+SAMPLE_SIGNATURE = {"probs_ptr": "*fp32", **_KEYS, "stream": "i32", "out_ptr": "*i64",
+                    "vocab_size": "i32", "BLOCK": "constexpr"}
+
+
+def _jobs():
+    from .rejection_triton import (
+        block_accept_kernel,
+        resample_kernel,
+        sample_kernel,
+        token_accept_kernel,
+    )
+
+    jobs = {"sample_kernel": (sample_kernel, SAMPLE_SIGNATURE, {"BLOCK": 1024})}
+    for has_draft in (True, False):
+        flag = {"HAS_DRAFT_PROBS": has_draft}
+        jobs[f"token_accept_kernel[draft_probs={has_draft}]"] = (
+            token_accept_kernel, ACCEPT_SIGNATURE, flag)
+        jobs[f"block_accept_kernel[draft_probs={has_draft}]"] = (
+            block_accept_kernel, BLOCK_ACCEPT_SIGNATURE, {**flag, "BLOCK": 1024})
+        jobs[f"resample_kernel[draft_probs={has_draft}]"] = (
+            resample_kernel, RESAMPLE_SIGNATURE, {**flag, "BLOCK": 1024})
+    return jobs
 
 
 def compile_all(arch: int = 90, warp_size: int = 32) -> dict[str, dict]:
@@ -26,24 +50,19 @@ def compile_all(arch: int = 90, warp_size: int = 32) -> dict[str, dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .rejection_triton import accept_kernel, resample_kernel
+    from .rejection_triton import LAUNCH_OPTIONS
 
     target = GPUTarget("cuda", arch, warp_size)
     results = {}
-    for has_draft in (True, False):
-        jobs = {
-            f"accept_kernel[draft_probs={has_draft}]":
-                (accept_kernel, ACCEPT_SIGNATURE, {"HAS_DRAFT_PROBS": has_draft}),
-            f"resample_kernel[draft_probs={has_draft}]":
-                (resample_kernel, RESAMPLE_SIGNATURE, {"HAS_DRAFT_PROBS": has_draft,
-                                                       "BLOCK": 1024}),
-        }
-        for name, (fn, signature, constexprs) in jobs.items():
-            compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs),
-                                      target=target)
-            results[name] = {"cubin_bytes": len(compiled.asm["cubin"]),
-                             "ptx_target": f"sm_{arch}" if f".target sm_{arch}"
-                             in compiled.asm["ptx"] else "?"}
+    for name, (fn, signature, constexprs) in _jobs().items():
+        compiled = triton.compile(ASTSource(fn, signature, constexprs=constexprs),
+                                  target=target, options=LAUNCH_OPTIONS)
+        ptx = compiled.asm["ptx"]
+        results[name] = {"cubin_bytes": len(compiled.asm["cubin"]),
+                         "ptx_target": f"sm_{arch}" if f".target sm_{arch}" in ptx else "?",
+                         "approximate_f64_division": "div.approx.f64" in ptx
+                         or "div.full.f64" in ptx,
+                         "ptx": ptx}
     return results
 
 
@@ -53,6 +72,8 @@ def main() -> None:
     args = parser.parse_args()
     for name, info in compile_all(args.arch).items():
         print(f"{name}: {info['ptx_target']} cubin {info['cubin_bytes']} bytes")
+        if info["approximate_f64_division"]:
+            raise SystemExit(f"{name}: approximate float64 division in the PTX")
 
 
 if __name__ == "__main__":

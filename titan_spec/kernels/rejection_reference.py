@@ -1,61 +1,128 @@
 """Pure-PyTorch rejection sampler: the reference the Triton kernels must equal exactly, given the
-same random numbers (float64 acceptance uniforms [B, k], exponential noise [B, V]).
+same random numbers (float64 acceptance uniforms [B, k], float64 exponential noise [B, V]).
 
-Rule (DESIGN.md): accept draft x_i with probability min(1, target(x_i) / draft(x_i)), i.e. when
-u_i < target/draft (draft(x_i) = 0 rejects). At the first rejection j emit one token from
-normalise(max(0, target_j - draft_j)), or from target_j when that residual is all zero; if all k
-are accepted emit a bonus token from target_k. A categorical draw is the exponential race
-argmax(probs / noise), which needs no normalisation."""
+Two lossless rules choose how many drafts to keep (DESIGN.md):
+
+- token (Leviathan et al. 2023): accept draft x_i when u_i < target(x_i) / draft(x_i)
+  (draft(x_i) = 0 rejects), stop at the first rejection j, then draw from
+  normalise(max(0, target_j - draft_j)), or from target_j when that residual is all zero.
+- block (Sun et al., "Block Verification Accelerates Speculative Decoding", ICLR 2025): with
+  p_0 = 1 and p_i = min(1, p_{i-1} target(x_i) / draft(x_i)), the residual mass
+  Z_i = sum_x max(0, p_i target_i(x) - draft_i(x)) and h_i = Z_i / (Z_i + 1 - p_i) for i < k
+  (1 when that denominator is 0), h_k = p_k; keep the LAST i with u_i < h_i (0 if none), then
+  draw from normalise(max(0, p_tau target_tau - draft_tau)). Its expected number of accepted
+  drafts is at least the token rule's for every target / draft pair, averaged over the drafts;
+  for a particular draft block it can be lower (h_i depends on the drafts after x_i), so no
+  coupling of the random numbers makes it larger block by block.
+
+If all k drafts are kept, a bonus token is drawn from target_k. A categorical draw is the
+exponential race argmax(weights / noise), which needs no normalisation. The residual masses are
+summed in fixed point (2**-40) so that any summation order gives the same bits."""
 
 from __future__ import annotations
 
 import torch
 
+RULES = ("token", "block")
+MASS_SCALE = 2.0**40  # fixed-point unit of the block rule's residual mass
 
-def acceptance(draft_token_ids, draft_probs, target_probs, uniforms) -> torch.Tensor:
-    """-> number of accepted drafts per row [B] (int64)."""
+
+def _probs_at_drafts(draft_token_ids, draft_probs, target_probs):
+    """-> (target(x_i), draft(x_i)) as float64 [B, k]; a deterministic drafter's draft is 1."""
     k = draft_token_ids.shape[1]
     ids = draft_token_ids.unsqueeze(-1)
     target_at_draft = target_probs[:, :k].gather(-1, ids).squeeze(-1).double()
-    if draft_probs is None:  # deterministic drafter: draft distribution is one-hot
-        draft_at_draft = torch.ones_like(target_at_draft)
-    else:
-        draft_at_draft = draft_probs.gather(-1, ids).squeeze(-1).double()
+    if draft_probs is None:
+        return target_at_draft, torch.ones_like(target_at_draft)
+    return target_at_draft, draft_probs.gather(-1, ids).squeeze(-1).double()
+
+
+def _ratios(target_at_draft, draft_at_draft):
     safe_draft = torch.where(draft_at_draft > 0, draft_at_draft, torch.ones_like(draft_at_draft))
-    accepted = (draft_at_draft > 0) & (uniforms < target_at_draft / safe_draft)
-    return accepted.int().cumprod(dim=1).sum(dim=1)
+    return torch.where(draft_at_draft > 0, target_at_draft / safe_draft,
+                       torch.zeros_like(target_at_draft))
 
 
-def resample(num_accepted, draft_token_ids, draft_probs, target_probs, noise) -> torch.Tensor:
-    """The token emitted after the accepted prefix of each row: residual or bonus -> [B]."""
+def _draft_row(draft_token_ids, draft_probs, rows, index, like):
+    """Draft distribution [B, V] float64 at draft index `index` [B] (one-hot if deterministic)."""
+    if draft_probs is None:
+        ids = draft_token_ids[rows, index].unsqueeze(-1)
+        return torch.zeros_like(like, dtype=torch.float64).scatter_(-1, ids, 1.0)
+    return draft_probs[rows, index].double()
+
+
+def token_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
+    """-> (accepted drafts per row [B] int64, residual scale [B] float64 = 1)."""
+    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs))
+    accepted = (uniforms < ratios).int().cumprod(dim=1).sum(dim=1).long()
+    return accepted, torch.ones(accepted.shape, dtype=torch.float64, device=accepted.device)
+
+
+def residual_mass(scale, target_row, draft_row):
+    """sum_x max(0, scale * target(x) - draft(x)) per row, summed in fixed point."""
+    terms = (scale.unsqueeze(-1) * target_row.double() - draft_row).clamp(min=0.0)
+    return (terms * MASS_SCALE).long().sum(dim=-1).double() / MASS_SCALE
+
+
+def block_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
+    """-> (accepted drafts per row [B] int64, residual scale p_tau [B] float64)."""
+    batch, k = draft_token_ids.shape
+    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs))
+    rows = torch.arange(batch, device=target_probs.device)
+    weight = torch.ones(batch, dtype=torch.float64, device=target_probs.device)
+    accepted = torch.zeros(batch, dtype=torch.long, device=target_probs.device)
+    scale = weight.clone()
+    for i in range(k):
+        weight = torch.minimum(weight * ratios[:, i], torch.ones_like(weight))
+        if i + 1 < k:
+            index = torch.full_like(rows, i + 1)
+            mass = residual_mass(weight, target_probs[:, i + 1],
+                                 _draft_row(draft_token_ids, draft_probs, rows, index,
+                                            target_probs[:, 0]))
+            denominator = mass + (1.0 - weight)
+            threshold = torch.where(denominator > 0, mass / denominator, torch.ones_like(mass))
+        else:
+            threshold = weight
+        success = uniforms[:, i] < threshold
+        accepted = torch.where(success, i + 1, accepted)
+        scale = torch.where(success, weight, scale)
+    return accepted, scale
+
+
+def resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise):
+    """The token emitted after the kept prefix of each row: residual or bonus -> [B]."""
     batch, k = draft_token_ids.shape
     rows = torch.arange(batch, device=target_probs.device)
-    target_row = target_probs[rows, num_accepted]  # [B, V]
-    is_bonus = (num_accepted == k).unsqueeze(-1)
+    target_row = target_probs[rows, num_accepted].double()  # [B, V]
     if k == 0:
         draft_row = torch.zeros_like(target_row)
-    elif draft_probs is None:
-        draft_ids = draft_token_ids[rows, num_accepted.clamp(max=k - 1)]
-        draft_row = torch.zeros_like(target_row).scatter_(-1, draft_ids.unsqueeze(-1), 1.0)
     else:
-        draft_row = draft_probs[rows, num_accepted.clamp(max=k - 1)]
-    draft_row = torch.where(is_bonus, torch.zeros_like(draft_row), draft_row.float())
-    residual = (target_row.float() - draft_row).clamp(min=0.0)
+        draft_row = _draft_row(draft_token_ids, draft_probs, rows,
+                               num_accepted.clamp(max=k - 1), target_row)
+    draft_row = torch.where((num_accepted == k).unsqueeze(-1), torch.zeros_like(draft_row),
+                            draft_row)
+    residual = (scale.unsqueeze(-1) * target_row - draft_row).clamp(min=0.0)
     residual_score = residual / noise
-    target_score = target_row.float() / noise
+    target_score = target_row / noise
     residual_ids = residual_score.argmax(dim=-1)  # argmax: first index among ties
     best_residual = residual_score.gather(-1, residual_ids.unsqueeze(-1)).squeeze(-1)
-    target_ids = target_score.argmax(dim=-1)
-    return torch.where(best_residual > 0, residual_ids, target_ids)
+    return torch.where(best_residual > 0, residual_ids, target_score.argmax(dim=-1))
 
 
-def rejection_sample_reference(draft_token_ids, draft_probs, target_probs, uniforms, noise):
-    """-> [B, k+1]: accepted drafts, then the residual/bonus token, then -1 padding."""
+def rejection_sample_reference(draft_token_ids, draft_probs, target_probs, uniforms, noise,
+                               rule: str = "token"):
+    """-> [B, k+1]: kept drafts, then the residual/bonus token, then -1 padding."""
     batch, k = draft_token_ids.shape
-    num_accepted = acceptance(draft_token_ids, draft_probs, target_probs, uniforms)
+    accept = {"token": token_acceptance, "block": block_acceptance}[rule]
+    num_accepted, scale = accept(draft_token_ids, draft_probs, target_probs, uniforms)
     out = torch.full((batch, k + 1), -1, dtype=torch.long, device=target_probs.device)
     positions = torch.arange(k + 1, device=target_probs.device).unsqueeze(0)
     padded_drafts = torch.cat([draft_token_ids, out[:, :1]], dim=1)
     out = torch.where(positions < num_accepted.unsqueeze(1), padded_drafts, out)
-    extra = resample(num_accepted, draft_token_ids, draft_probs, target_probs, noise)
+    extra = resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise)
     return out.scatter_(1, num_accepted.unsqueeze(1), extra.unsqueeze(1))
+
+
+def sample_reference(probs, noise):
+    """One categorical draw per row of probs [B, V] (exponential race, float64)."""
+    return (probs.double() / noise).argmax(dim=-1)

@@ -1,9 +1,10 @@
-"""Public rejection_sample(): the lossless acceptance rule of DESIGN.md.
+"""Public rejection_sample(): the lossless acceptance rules of DESIGN.md (rejection_reference.py
+states them), and sample(): the drafters' categorical draw.
 
-Random numbers come from two separate streams derived from `generator`: float64 acceptance
-uniforms [B, k] and the exponential noise [B, V] of the one residual/bonus draw per row. The
-Triton kernels run on CUDA tensors; elsewhere the PyTorch reference, which they equal exactly
-given the same random numbers."""
+Random numbers are counter-based (counter_rng.py): keyed by (seed, request, position, stream),
+so a request's result does not depend on what else shares its batch. The Triton kernels run on
+CUDA tensors and draw the numbers in the kernel; elsewhere the CPU twin draws the same numbers
+for the whole iteration at once and the PyTorch reference, which the kernels equal, uses them."""
 
 from __future__ import annotations
 
@@ -11,9 +12,8 @@ import os
 
 import torch
 
-from .rejection_reference import rejection_sample_reference
-
-_TINY = torch.finfo(torch.float32).tiny
+from .counter_rng import ACCEPT, RESIDUAL, RandomKeys, draw_keys, exponentials, uniforms
+from .rejection_reference import RULES, rejection_sample_reference, sample_reference
 
 
 def triton_available(device: torch.device) -> bool:
@@ -26,15 +26,16 @@ def triton_available(device: torch.device) -> bool:
     return True
 
 
-def draw_random(batch: int, num_drafts: int, vocab: int, device, generator=None):
-    """-> (uniforms [B, k] float64, noise [B, V] float32 > 0) from separate streams."""
-    uniforms = torch.rand((batch, num_drafts), dtype=torch.float64, device=device,
-                          generator=generator)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
-    noise_stream = torch.Generator(device=device).manual_seed(seed)
-    noise = torch.empty((batch, vocab), dtype=torch.float32, device=device)
-    noise.exponential_(generator=noise_stream).clamp_(min=_TINY)
-    return uniforms, noise
+def _check(draft_token_ids, draft_probs, target_probs, rule):
+    batch, k = draft_token_ids.shape
+    if rule not in RULES:
+        raise ValueError(f"rule={rule!r}: choose one of {', '.join(RULES)}.")
+    if target_probs.shape[:2] != (batch, k + 1):
+        raise ValueError(f"target_probs must be [B, k+1, V] = [{batch}, {k + 1}, V], got "
+                         f"{tuple(target_probs.shape)}.")
+    if draft_probs is not None and draft_probs.shape != (batch, k, target_probs.shape[-1]):
+        raise ValueError(f"draft_probs must be [B, k, V] = [{batch}, {k}, "
+                         f"{target_probs.shape[-1]}], got {tuple(draft_probs.shape)}.")
 
 
 def rejection_sample(
@@ -42,26 +43,28 @@ def rejection_sample(
     draft_probs: torch.Tensor | None,  # [B, k, V], or None for deterministic drafters
     target_probs: torch.Tensor,  # [B, k+1, V], already temperature/top-k/top-p processed
     generator: torch.Generator | None = None,
+    rule: str = "token",  # "token" or "block"
+    keys: RandomKeys | None = None,  # the rows' random keys; drawn from `generator` if None
 ) -> torch.LongTensor:  # [B, k+1]: emitted tokens, then -1 padding
-    batch, k = draft_token_ids.shape
-    if target_probs.shape[:2] != (batch, k + 1):
-        raise ValueError(f"target_probs must be [B, k+1, V] = [{batch}, {k + 1}, V], got "
-                         f"{tuple(target_probs.shape)}.")
-    if draft_probs is not None and draft_probs.shape != (batch, k, target_probs.shape[-1]):
-        raise ValueError(f"draft_probs must be [B, k, V] = [{batch}, {k}, "
-                         f"{target_probs.shape[-1]}], got {tuple(draft_probs.shape)}.")
-    uniforms, noise = draw_random(batch, k, target_probs.shape[-1], target_probs.device,
-                                  generator)
-    return rejection_sample_given(draft_token_ids, draft_probs, target_probs, uniforms, noise)
-
-
-def rejection_sample_given(draft_token_ids, draft_probs, target_probs, uniforms, noise):
-    """rejection_sample with caller-drawn random numbers (uniforms [B, k] float64, noise
-    [B, V] > 0): the engine draws them per request so a request's result does not depend on
-    what else shares its batch."""
+    _check(draft_token_ids, draft_probs, target_probs, rule)
+    if keys is None:
+        keys = draw_keys(draft_token_ids.shape[0], generator)
+    keys = RandomKeys(keys.seed, keys.request_ids.to(target_probs.device),
+                      keys.positions.to(target_probs.device))
     if triton_available(target_probs.device):
         from .rejection_triton import rejection_sample_triton
 
-        return rejection_sample_triton(draft_token_ids, draft_probs, target_probs, uniforms,
-                                       noise)
-    return rejection_sample_reference(draft_token_ids, draft_probs, target_probs, uniforms, noise)
+        return rejection_sample_triton(draft_token_ids, draft_probs, target_probs, keys, rule)
+    acceptance_uniforms = uniforms(keys, draft_token_ids.shape[1], ACCEPT)
+    noise = exponentials(keys, target_probs.shape[-1], RESIDUAL)
+    return rejection_sample_reference(draft_token_ids, draft_probs, target_probs,
+                                      acceptance_uniforms, noise, rule)
+
+
+def sample(probs: torch.Tensor, keys: RandomKeys, stream: int) -> torch.LongTensor:
+    """One draw per row of probs [B, V] from the counter-based stream `stream` -> [B]."""
+    if triton_available(probs.device):
+        from .rejection_triton import sample_triton
+
+        return sample_triton(probs, keys, stream)
+    return sample_reference(probs, exponentials(keys, probs.shape[-1], stream))

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from titan_spec.kernels.counter_rng import RandomKeys
+
 
 @dataclass
 class DraftRequest:
@@ -17,7 +19,7 @@ class DraftRequest:
     group_ids: list  # GRPO group of each row (rows of one prompt share it)
     k: int  # tokens to propose per row
     sampling: object  # SamplingParams: drafters sample from the same processed distribution
-    generators: list[torch.Generator]  # per-row draft random stream
+    keys: RandomKeys  # the rows' counter-based random keys (draft step j: stream DRAFT + j)
     vocab_size: int
     device: torch.device
     extras: dict = field(default_factory=dict)

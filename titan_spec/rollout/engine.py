@@ -2,9 +2,14 @@
 
 Each iteration, for every running sequence: the drafter proposes k tokens; ONE target forward
 scores the pending last token plus the k drafts (k+1 positions, KV cache at per-sequence
-offsets); rejection_sample keeps a prefix and adds one token; the cache rewinds for free
-(position-masked). A finished sequence's slot takes the next prompt at once. The only host
-synchronisation per iteration is reading the emitted tokens for the stop checks.
+offsets); rejection_sample keeps a prefix (token or block verification) and adds one token;
+the cache rewinds for free (position-masked). A finished sequence's slot takes the next prompt
+at once. The only host synchronisation per iteration is reading the emitted tokens for the
+stop checks.
+
+Random numbers are counter-based, keyed by (seed, the prompt's index, tokens committed,
+stream): a request draws the same numbers alone or in any batch, and one iteration's numbers
+come from one call (or from inside the CUDA kernels).
 
 With drafter=None (or k=0) the same loop is the plain KV-cache sampler: the bonus draw from the
 target's processed distribution."""
@@ -18,15 +23,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from titan_spec.kernels.rejection_sampler import rejection_sample_given
+from titan_spec.kernels.counter_rng import RandomKeys
+from titan_spec.kernels.rejection_reference import RULES
+from titan_spec.kernels.rejection_sampler import rejection_sample
 
 from .adaptive import AdaptiveK
 from .draft_request import DraftRequest
 from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
-
-_TINY = torch.finfo(torch.float32).tiny
-_STREAMS = ("draft", "accept", "residual")
 
 
 @dataclass
@@ -42,7 +46,7 @@ class _Sequence:
     tokens: list[int]  # prompt + generated
     prompt_len: int
     group_id: object
-    generators: dict
+    request_id: int  # its key in the counter-based random streams
     logprobs: list[float] = field(default_factory=list)
     stats: dict = field(default_factory=lambda: {"drafted": 0, "accepted": 0, "verify_steps": 0})
     finish_reason: str | None = None
@@ -55,13 +59,15 @@ class _Sequence:
 class RolloutEngine:
     def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
                  max_seq_len: int = 512, vocab_size: int | None = None,
-                 adaptive: "bool | AdaptiveK" = False):
+                 adaptive: "bool | AdaptiveK" = False, verify: str = "token"):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
         if max_seq_len > model.args.max_seq_len:
             raise ValueError(f"max_seq_len={max_seq_len} exceeds the model's RoPE range "
                              f"{model.args.max_seq_len}; lower it.")
-        self.model, self.drafter = model, drafter
+        if verify not in RULES:
+            raise ValueError(f"verify={verify!r}: choose one of {', '.join(RULES)}.")
+        self.model, self.drafter, self.verify = model, drafter, verify
         self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
         self.vocab_size = vocab_size or model.args.vocab_size
@@ -81,13 +87,21 @@ class RolloutEngine:
     @torch.no_grad()
     def generate(self, prompt_token_ids: list[list[int]], sampling: SamplingParams,
                  group_ids: list | None = None,
-                 between_iterations: Callable[[], None] | None = None) -> list[Completion]:
+                 between_iterations: Callable[[], None] | None = None,
+                 request_ids: list[int] | None = None) -> list[Completion]:
         """between_iterations: called between decode iterations; it may update the target's
         and drafter's weights in place (async RL's in-flight updates). Tokens already in the
-        KV cache stay; each new token is still sampled exactly from the current target."""
+        KV cache stay; each new token is still sampled exactly from the current target.
+        request_ids: each prompt's key in the random streams (default: its index), so a
+        request given the same id and seed gets the same tokens in any batch."""
         self._check_prompts(prompt_token_ids, group_ids)
+        if request_ids is None:
+            request_ids = list(range(len(prompt_token_ids)))
+        elif len(request_ids) != len(prompt_token_ids):
+            raise ValueError(f"request_ids has {len(request_ids)} entries for "
+                             f"{len(prompt_token_ids)} prompts.")
         base_seed = sampling.seed if sampling.seed is not None else int(
-            torch.randint(0, 2**31, (1,)))
+            torch.randint(0, 2**62, (1,)))
         queue = deque(range(len(prompt_token_ids)))
         slots: list[_Sequence | None] = [None] * self.max_batch_size
         results: list[Completion | None] = [None] * len(prompt_token_ids)
@@ -109,9 +123,9 @@ class RolloutEngine:
             while queue or any(slots):
                 if between_iterations is not None and stats["iterations"]:
                     between_iterations()
-                self._admit(queue, slots, prompt_token_ids, group_ids, sampling, base_seed)
+                self._admit(queue, slots, prompt_token_ids, group_ids, request_ids)
                 active = [i for i, seq in enumerate(slots) if seq is not None]
-                self._step(active, slots, sampling, stats)
+                self._step(active, slots, sampling, base_seed, stats)
                 for slot in active:
                     seq = slots[slot]
                     if seq.finish_reason is not None:
@@ -143,15 +157,7 @@ class RolloutEngine:
             if max(prompt) >= self.vocab_size or min(prompt) < 0:
                 raise ValueError(f"prompt {i} has token ids outside [0, {self.vocab_size}).")
 
-    def _generators(self, base_seed: int, index: int) -> dict:
-        gens = {}
-        for stream_id, name in enumerate(_STREAMS):
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed((base_seed * 1_000_003 + index) * len(_STREAMS) + stream_id)
-            gens[name] = gen
-        return gens
-
-    def _admit(self, queue, slots, prompts, group_ids, sampling, base_seed):
+    def _admit(self, queue, slots, prompts, group_ids, request_ids):
         free = [i for i, seq in enumerate(slots) if seq is None]
         new_slots, new_prompts = [], []
         for slot in free:
@@ -160,8 +166,7 @@ class RolloutEngine:
             index = queue.popleft()
             prompt = list(prompts[index])
             group = group_ids[index] if group_ids is not None else None
-            slots[slot] = _Sequence(index, prompt, len(prompt), group,
-                                    self._generators(base_seed, index))
+            slots[slot] = _Sequence(index, prompt, len(prompt), group, request_ids[index])
             new_slots.append(slot)
             new_prompts.append(prompt)
         if new_slots:
@@ -194,29 +199,23 @@ class RolloutEngine:
         room = min(self.max_seq_len - len(s.tokens) for s in sequences)
         return max(0, min(k, room))
 
-    def _draft(self, active, sequences, k, sampling):
+    def _draft(self, active, sequences, k, sampling, keys):
         if k == 0:
             return torch.zeros((len(active), 0), dtype=torch.long, device=self.device), None
         request = DraftRequest(
             slots=active, sequences=[s.tokens for s in sequences],
             group_ids=[s.group_id for s in sequences], k=k, sampling=sampling,
-            generators=[s.generators["draft"] for s in sequences], vocab_size=self.vocab_size,
+            keys=keys, vocab_size=self.vocab_size,
             device=self.device, extras={"hidden": self.hidden})
         return self.drafter.propose(request)
 
-    def _random(self, sequences, k):
-        uniforms = torch.stack([torch.rand(k, dtype=torch.float64, device=self.device,
-                                           generator=s.generators["accept"]) for s in sequences])
-        noise = torch.stack([torch.empty(self.vocab_size, device=self.device)
-                             .exponential_(generator=s.generators["residual"])
-                             for s in sequences]).clamp_(min=_TINY)
-        return uniforms, noise
-
-    def _step(self, active, slots, sampling, stats):
+    def _step(self, active, slots, sampling, base_seed, stats):
         sequences = [slots[i] for i in active]
         k = self._choose_k(sequences)
+        keys = RandomKeys.of(base_seed, [s.request_id for s in sequences],
+                             [len(s.tokens) for s in sequences], self.device)
         t0 = time.perf_counter()
-        draft_ids, draft_probs = self._draft(active, sequences, k, sampling)
+        draft_ids, draft_probs = self._draft(active, sequences, k, sampling, keys)
         t1 = time.perf_counter()
         lengths = torch.tensor([len(s.tokens) for s in sequences], device=self.device)
         last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
@@ -225,10 +224,10 @@ class RolloutEngine:
         logits = self._forward(inputs, positions, torch.tensor(active, device=self.device),
                                max(len(s.tokens) for s in sequences) + k)
         target_probs = process_logits(logits[..., : self.vocab_size], sampling)  # [B, k+1, V]
-        uniforms, noise = self._random(sequences, k)
         if draft_probs is not None:
             draft_probs = draft_probs[..., : self.vocab_size]
-        emitted = rejection_sample_given(draft_ids, draft_probs, target_probs, uniforms, noise)
+        emitted = rejection_sample(draft_ids, draft_probs, target_probs, rule=self.verify,
+                                   keys=keys)
         logprobs = target_probs.gather(-1, emitted.clamp(min=0).unsqueeze(-1)).squeeze(-1).log()
         emitted_rows, logprob_rows = emitted.tolist(), logprobs.tolist()  # the one host sync
         t2 = time.perf_counter()
