@@ -4,8 +4,10 @@
 
 Both arms run the real job (`run_train.sh`, 2 CPU ranks, FSDP2, the learner verifying its own
 rollouts) from the same SFT checkpoint, with the same seeds and prompts; the speculative arm
-adds a distilled draft model (adapted online). Reported: rollout_speedup and step_speedup
-(plain time / speculative time over the timed steps, so larger is better), both reward curves,
+adds a distilled draft model (adapted online). The arms alternate over --repeats (the order
+swapped every repeat), so a slow spell of the machine hits both. Reported: rollout_speedup and
+step_speedup (plain time / speculative time over the timed steps, so larger is better) as the
+median of the per-repeat ratios, each repeat's ratios, both reward curves,
 the plain arm's rollout share of the step (the published 8B profile is 65-72%), and the
 colocated verify-step time against a plain module holding the same weights. The 25M policy
 already solves its task, so its reward curves are flat; a second part therefore runs the main
@@ -30,10 +32,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from statistics import median
 
 import torch
 
 from bench.colocate_verify import measure_verify_step
+from bench.interleave import interleaved, median_of, median_ratio
 from bench.rollout import cache_dir, distilled_draft, parse_bench_args, trained_target
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,8 +125,18 @@ def report(result: dict, path: str | None) -> dict:
     return result
 
 
-def timed(records: list[dict], key: str, skip: int) -> float:
-    return sum(r[key] for r in records[skip:])
+BREAKDOWN = ("time_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
+             "time_gather_s", "step_time_s")
+
+
+def step_totals(records: list[dict], skip: int) -> dict:
+    """One arm's run: its timers summed over the timed steps, and its curves."""
+    timed = records[skip:]
+    return {**{key: sum(r[key] for r in timed) for key in BREAKDOWN},
+            "acceptance_length": sum(r["acceptance_length"] for r in records) / len(records),
+            "logprob_mismatch_max": max(r["logprob_mismatch_max"] for r in records),
+            "reward": [r["reward_mean"] for r in records],
+            "response_len": [r["response_len_mean"] for r in records]}
 
 
 def main(argv=None) -> dict:
@@ -137,14 +151,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=1, help="decode slots per rank")
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved runs of both arms; medians of the ratios are reported")
     parser.add_argument("--curve-steps", type=int, default=60,
                         help="RL steps of the learning-curve comparison (0 skips it)")
     args = parse_bench_args(parser, argv, threads=False)
     torch.set_num_threads(args.nproc)
     target, common, speculative = policy_overrides(args, args.nproc)
     with tempfile.TemporaryDirectory(prefix="rl_step_") as tmp:
-        plain = run_arm("plain", common + ["--drafter.kind=none"], Path(tmp), args.nproc)
-        spec = run_arm("speculative", common + speculative, Path(tmp), args.nproc)
+        arms = {"plain": lambda: step_totals(run_arm("plain", common + ["--drafter.kind=none"],
+                                                     Path(tmp), args.nproc), args.skip),
+                "speculative": lambda: step_totals(run_arm("speculative", common + speculative,
+                                                           Path(tmp), args.nproc), args.skip)}
+        runs = interleaved(arms, args.repeats)
         curves = learning_curves(Path(tmp), args.curve_steps, args.nproc) \
             if args.curve_steps else None
     verify = measure_verify_step(args.flavor, args.nproc, batch=args.batch, k=args.k)
@@ -155,23 +174,24 @@ def main(argv=None) -> dict:
                    "decode_slots_per_rank": args.batch, "drafter": "draft_model (2 layers, "
                    "distilled, adapted online)", "k": args.k, "temperature": 1.0,
                    "steps": args.steps, "timed_steps": args.steps - args.skip},
-        "rollout_speedup": timed(plain, "time_rollout_s", args.skip)
-        / timed(spec, "time_rollout_s", args.skip),
-        "step_speedup": timed(plain, "step_time_s", args.skip)
-        / timed(spec, "step_time_s", args.skip),
+        "repeats": args.repeats,
+        # plain time / speculative time: the speculative arm is the numerator's baseline.
+        "rollout_speedup": median_ratio(runs, "plain", "speculative", "time_rollout_s"),
+        "step_speedup": median_ratio(runs, "plain", "speculative", "step_time_s"),
+        "speedups_each_repeat": [
+            {key: p[key] / s[key] for key in ("time_rollout_s", "step_time_s")}
+            for p, s in zip(runs["plain"], runs["speculative"], strict=True)],
         # The published 8B profile has rollout at 65-72% of a step; this says where ours is.
-        "rollout_share_plain": timed(plain, "time_rollout_s", args.skip)
-        / timed(plain, "step_time_s", args.skip),
-        "acceptance_length": sum(r["acceptance_length"] for r in spec) / len(spec),
-        "logprob_mismatch_max": max(r["logprob_mismatch_max"] for r in plain + spec),
-        "breakdown_s": {name: {key: round(timed(records, key, args.skip), 3) for key in (
-            "time_rollout_s", "time_logprob_s", "time_train_s", "time_drafter_s",
-            "time_gather_s", "step_time_s")}
-            for name, records in (("plain", plain), ("speculative", spec))},
-        "reward_curves": {"plain": [r["reward_mean"] for r in plain],
-                          "speculative": [r["reward_mean"] for r in spec]},
-        "response_len_curves": {"plain": [r["response_len_mean"] for r in plain],
-                                "speculative": [r["response_len_mean"] for r in spec]},
+        "rollout_share_plain": median(r["time_rollout_s"] / r["step_time_s"]
+                                      for r in runs["plain"]),
+        "acceptance_length": median_of(runs["speculative"], "acceptance_length"),
+        "logprob_mismatch_max": max(r["logprob_mismatch_max"]
+                                    for arm in runs.values() for r in arm),
+        "breakdown_s": {name: {key: round(median_of(results, key), 3) for key in BREAKDOWN}
+                        for name, results in runs.items()},
+        "reward_curves": {name: results[0]["reward"] for name, results in runs.items()},
+        "response_len_curves": {name: results[0]["response_len"]
+                                for name, results in runs.items()},
         "colocated_verify_step": verify,
         "learning_curves": curves,
     }

@@ -5,8 +5,10 @@ parameters, measured side by side in one run, at several batch sizes.
 
 The target is TRAINED on the synthetic task (a random target says nothing about speculation):
 the first run trains it with the SFT trainer and caches it (--cache); drafters are
-distilled from it. Output: per batch size and drafter, tokens/s, acceptance length (tokens
-emitted per sequence per verify step) and speedup_vs_plain."""
+distilled from it. Arms: plain, and per drafter fixed k with token or block verification and
+adaptive k, interleaved over --repeats. Output: per batch size and arm, median tokens/s and
+acceptance length (tokens emitted per sequence per verify step), speedup_vs_plain as the median
+of per-repeat ratios, and block / token acceptance per drafter."""
 
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from titan_spec.models.heads import build_draft_head
 from titan_spec.rl.tasks import build_task
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
+
+from .interleave import interleaved, median_of, median_ratio
 
 # Trained weights are kept outside the checkout unless --cache (or TITAN_SPEC_BENCH_CACHE) says
 # where: they take minutes to build and hundreds of MB.
@@ -124,25 +128,58 @@ def rl_prompts(num_prompts: int, group_size: int, seed: int):
 
 
 def run_one(target, make_drafter, k, adaptive, prompts, groups, batch_size, params, vocab,
-            repeats: int = 1):
-    """Best of `repeats` runs (least wall time): timing noise on a shared CPU only ever adds."""
-    best = None
-    for _ in range(repeats):
-        engine = RolloutEngine(target, make_drafter() if make_drafter else None,
-                               num_draft_tokens=k, max_batch_size=batch_size, max_seq_len=128,
-                               vocab_size=vocab, adaptive=adaptive)
-        start = time.perf_counter()
-        completions = engine.generate(prompts, params, group_ids=groups)
-        elapsed = time.perf_counter() - start
-        if best is None or elapsed < best[0]:
-            best = (elapsed, engine, completions)
-    elapsed, engine, completions = best
+            verify: str = "token"):
+    engine = RolloutEngine(target, make_drafter() if make_drafter else None,
+                           num_draft_tokens=k, max_batch_size=batch_size, max_seq_len=128,
+                           vocab_size=vocab, adaptive=adaptive, verify=verify)
+    start = time.perf_counter()
+    completions = engine.generate(prompts, params, group_ids=groups)
+    elapsed = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for c in completions)
     stats = engine.last_stats
     return {"tokens": tokens, "time_s": elapsed, "tokens_per_s": tokens / elapsed,
             "acceptance_length": stats["acceptance_length"],
             "time_draft_s": stats["time_draft_s"], "time_verify_s": stats["time_verify_s"],
             "chosen_k": (engine.adaptive_k.chosen if engine.adaptive_k else None)}
+
+
+def arm_table(target, drafters: dict, k: int, prompts, groups, batch_size, params, vocab):
+    """plain, then per drafter: fixed k with token and with block verification, adaptive k."""
+    common = (prompts, groups, batch_size, params, vocab)
+    arms = {"plain": lambda: run_one(target, None, 0, False, *common)}
+    for name, make in drafters.items():
+        arms[f"{name}@k={k}"] = lambda make=make: run_one(target, make, k, False, *common)
+        arms[f"{name}@k={k}+block"] = lambda make=make: run_one(target, make, k, False, *common,
+                                                                 verify="block")
+        arms[f"{name}+adaptive"] = lambda make=make: run_one(target, make, k, True, *common)
+    return arms
+
+
+def summarise_arm(runs: dict, name: str) -> dict:
+    """Medians over the repeats; the speed-up is the median of per-repeat ratios to plain."""
+    results = runs[name]
+    summary = {key: median_of(results, key) for key in ("tokens_per_s", "acceptance_length",
+                                                        "time_s", "time_draft_s",
+                                                        "time_verify_s")}
+    summary["tokens_per_s_each_repeat"] = [r["tokens_per_s"] for r in results]
+    if name != "plain":
+        summary["speedup_vs_plain"] = median_ratio(runs, name, "plain", "tokens_per_s")
+    chosen = [k for r in results for k in (r["chosen_k"] or [])]
+    if chosen:
+        summary["k_histogram"] = {k: chosen.count(k) for k in sorted(set(chosen))}
+    return summary
+
+
+def block_vs_token(results: list[dict], k: int) -> dict:
+    """Acceptance length of block over token verification, per batch size and drafter."""
+    table = {}
+    for row in results:
+        arms = row["drafters"]
+        table[row["batch_size"]] = {
+            name.split("@")[0]: arms[f"{name}+block"]["acceptance_length"]
+            / arms[name]["acceptance_length"]
+            for name in arms if name.endswith(f"@k={k}")}
+    return table
 
 
 def main(argv=None) -> dict:
@@ -157,7 +194,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2, help="best-of-N timing per run")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved runs of every arm; medians are reported")
     parser.add_argument("--seed", type=int, default=0)
     args = parse_bench_args(parser, argv)
     torch.manual_seed(args.seed)
@@ -182,23 +220,17 @@ def main(argv=None) -> dict:
         prompts, groups = rl_prompts(num_prompts, args.group_size, args.seed)
         run_one(target, None, 0, False, prompts[:batch_size], groups[:batch_size], batch_size,
                 params, vocab)  # warm-up
-        plain = run_one(target, None, 0, False, prompts, groups, batch_size, params, vocab,
-                        args.repeats)
+        runs = interleaved(arm_table(target, drafters, args.k, prompts, groups, batch_size,
+                                     params, vocab), args.repeats)
         row = {"batch_size": batch_size, "num_sequences": len(prompts),
-               "plain": plain, "drafters": {}}
-        for name, make in drafters.items():
-            for adaptive in (False, True):
-                result = run_one(target, make, args.k, adaptive, prompts, groups,
-                                 batch_size, params, vocab, args.repeats)
-                result["speedup_vs_plain"] = result["tokens_per_s"] / plain["tokens_per_s"]
-                chosen = result.pop("chosen_k")
-                if chosen:
-                    result["k_histogram"] = {k: chosen.count(k) for k in sorted(set(chosen))}
-                key = f"{name}{'+adaptive' if adaptive else f'@k={args.k}'}"
-                row["drafters"][key] = result
-                log.info("B=%d %-22s %.0f tok/s  acceptance %.2f  speedup %.2fx", batch_size,
-                         key, result["tokens_per_s"], result["acceptance_length"],
-                         result["speedup_vs_plain"])
+               "plain": summarise_arm(runs, "plain"), "drafters": {}}
+        for name in runs:
+            if name == "plain":
+                continue
+            result = row["drafters"][name] = summarise_arm(runs, name)
+            log.info("B=%d %-26s %.0f tok/s  acceptance %.2f  speedup %.2fx", batch_size,
+                     name, result["tokens_per_s"], result["acceptance_length"],
+                     result["speedup_vs_plain"])
         results.append(row)
     break_even = {}
     for key in results[0]["drafters"]:
@@ -218,6 +250,8 @@ def main(argv=None) -> dict:
                              "distill_steps": args.distill_steps}},
         "sampling": {"temperature": args.temperature, "k": args.k,
                      "group_size": args.group_size},
+        "repeats": args.repeats,
+        "block_vs_token_acceptance": block_vs_token(results, args.k),
         "results": results,
         "best_at_smallest_batch": {"drafter": best[0],
                                    "speedup_vs_plain": best[1]["speedup_vs_plain"]},
