@@ -115,6 +115,25 @@ def distilled_heads(target, num_heads: int, steps: int, seed: int):
     return [head.eval() for head in heads]
 
 
+def distilled_eagle3(target, steps: int, seed: int, ttt_steps: int = 3):
+    """An EAGLE-3 head (the whole vocabulary: this tokenizer has 64 ids), distilled with
+    training-time test, cached."""
+    from titan_spec.drafters.ttt import distill_eagle3
+    from titan_spec.models.eagle3 import build_eagle3_head
+
+    path = cache_dir() / f"eagle3-ttt{ttt_steps}-{target.args.dim}-{steps}-{seed}.pt"
+    head = build_eagle3_head(target.args, seed=seed + 5)
+    if path.is_file():
+        head.load_state_dict(torch.load(path, weights_only=True))
+    else:
+        task = build_task("arithmetic", min_digits=1, max_digits=3)
+        distill_eagle3(target, head, task, CharTokenizer(), steps, ttt_steps, seed=seed,
+                       log=log.info)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(head.state_dict(), path)
+    return head.eval()
+
+
 def rl_prompts(num_prompts: int, group_size: int, seed: int):
     """GRPO-shaped prompts: each problem repeated group_size times, siblings adjacent."""
     task, tok, rng = build_task("arithmetic", min_digits=1, max_digits=3), CharTokenizer(), \
@@ -139,6 +158,9 @@ def run_one(target, make_drafter, k, adaptive, prompts, groups, batch_size, para
     stats = engine.last_stats
     return {"tokens": tokens, "time_s": elapsed, "tokens_per_s": tokens / elapsed,
             "acceptance_length": stats["acceptance_length"],
+            "acceptance_rate_per_position": [
+                a / d if d else 0.0 for a, d in zip(stats["accepted_per_position"],
+                                                    stats["drafted_per_position"], strict=True)],
             "time_draft_s": stats["time_draft_s"], "time_verify_s": stats["time_verify_s"],
             "chosen_k": (engine.adaptive_k.chosen if engine.adaptive_k else None)}
 
@@ -204,11 +226,13 @@ def main(argv=None) -> dict:
     draft = distilled_draft(target, "debug", args.distill_steps, args.seed, {"n_layers": 2})
     (head,) = distilled_heads(target, 1, args.distill_steps, args.seed)
     mtp_heads = distilled_heads(target, 2, args.distill_steps, args.seed)
+    eagle3 = distilled_eagle3(target, args.distill_steps, args.seed)
     vocab = CharTokenizer().vocab_size
     drafters = {
         "ngram": lambda: build_drafter("ngram"),
         "draft_model": lambda: build_drafter("draft_model", model=draft),
         "eagle": lambda: build_drafter("eagle", target=target, head=head),
+        "eagle3": lambda: build_drafter("eagle3", target=target, head=eagle3),
         "mtp": lambda: build_drafter("mtp", target=target, heads=mtp_heads),
     }
     params = SamplingParams(temperature=args.temperature, max_new_tokens=96,
@@ -245,6 +269,8 @@ def main(argv=None) -> dict:
                                      "distill_steps": args.distill_steps},
                      "eagle": {"params": sum(p.numel() for p in head.parameters()),
                                "distill_steps": args.distill_steps},
+                     "eagle3": {"params": sum(p.numel() for p in eagle3.parameters()),
+                                "distill_steps": args.distill_steps, "ttt_steps": 3},
                      "mtp": {"heads": len(mtp_heads),
                              "params": sum(p.numel() for h in mtp_heads for p in h.parameters()),
                              "distill_steps": args.distill_steps}},

@@ -121,7 +121,8 @@ class Learner:
             adapter.begin()
         for start, stop in chunks(batch.inputs.shape[0], self.accum_steps):
             with timer.span("logprob"), torch.no_grad():
-                logits, hidden = view(batch.inputs[start:stop], return_hidden=True)
+                logits, hidden = view(batch.inputs[start:stop], return_hidden=True,
+                                      hidden_layers=adapter.hidden_layers if adapter else None)
                 old[start:stop] = learner_logprobs(logits, batch, start, stop, sampling,
                                                    self.vocab_size)
             if adapter is not None:

@@ -83,9 +83,9 @@ def main(argv=None) -> int:
     try:
         _refuse_old_flags(overrides)
         cfg = load_config(args.config, overrides)
-        if cfg.drafter.kind not in ("draft_model", "eagle", "mtp"):
+        if cfg.drafter.kind not in ("draft_model", "eagle", "eagle3", "mtp"):
             raise ConfigError(f"drafter.kind={cfg.drafter.kind} has nothing to distil; use "
-                              "draft_model, eagle or mtp.")
+                              "draft_model, eagle, eagle3 or mtp.")
         if cfg.drafter.distill_steps < 1:
             raise ConfigError("drafter.distill_steps=0: the tool needs at least one step.")
         target = load_target(cfg, args.checkpoint)

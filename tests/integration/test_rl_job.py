@@ -41,6 +41,30 @@ def test_colocated_rl_with_tensor_parallel_verifier(tmp_path):
     _check_records(_rl_records(tmp_path))
 
 
+@pytest.mark.distributed
+@pytest.mark.timeout(300)
+def test_eagle3_under_tensor_parallelism_and_its_public_layout(tmp_path):
+    """EAGLE-3 (reduced draft vocabulary, TTT warm-up, online adaptation) in the main job on
+    2 tensor-parallel ranks; its head is exported in the public layout, and a new run starts
+    from that folder with no warm-up."""
+    from titan_spec.formats.eagle3_hf import load_eagle3_head
+    from titan_spec.models import build_model
+
+    run_function(2, _train, tmp_path, ["--parallelism.tp=2", "--parallelism.dp_shard=1",
+                                       "--drafter.kind=eagle3",
+                                       "--drafter.eagle3.draft_vocab_size=40",
+                                       "--checkpoint.last_save_in_hf=true",
+                                       f"--job.dump_folder={tmp_path}/tp"])
+    _check_records(_rl_records(f"{tmp_path}/tp"))
+    (exported,) = (tmp_path / "tp" / "checkpoint").glob("step-*-hf-drafter")
+    head = load_eagle3_head(exported, build_model("qwen3", "debug").args)
+    assert head.shape.draft_vocab_size == 40 and head.t2d.sum() == 40
+    _train(0, 1, [f"--job.dump_folder={tmp_path}/reload", "--drafter.kind=eagle3",
+                  f"--drafter.init_from={exported}"])
+    assert "drafter_warmup" not in [r["phase"] for r in read_metrics(f"{tmp_path}/reload")]
+    _check_records(_rl_records(f"{tmp_path}/reload"))
+
+
 def test_plain_ngram_and_adaptive_rollouts(tmp_path, capsys):
     _train(0, 1, [f"--job.dump_folder={tmp_path}/plain", "--drafter.kind=none"])
     plain = _rl_records(f"{tmp_path}/plain")

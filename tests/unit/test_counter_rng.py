@@ -5,8 +5,14 @@ import pytest
 import torch
 
 from tests.stats import P_VALUE_FLOOR, chi_square_p_value
-from titan_spec.kernels.counter_rng import (ACCEPT, DRAFT, RESIDUAL, RandomKeys, exponentials,
-                                            uniforms)
+from titan_spec.kernels.counter_rng import (
+    ACCEPT,
+    DRAFT,
+    RESIDUAL,
+    RandomKeys,
+    exponentials,
+    uniforms,
+)
 
 
 def test_values_depend_on_the_key_only():

@@ -146,10 +146,28 @@ class Mtp:
 
 
 @dataclass
+class Eagle3:
+    aux_layers: str = opt(
+        "", "The three target layers (0-based, comma-separated) whose outputs the head fuses; "
+        "empty: the public recipes' 1, L/2-1, L-4 (spread over the depth for targets under 8 "
+        "layers). A published head's config.json overrides it."
+    )
+    draft_vocab_size: int = opt(
+        0, "Draft vocabulary: the N most frequent tokens of the task's training text, chosen "
+        "before the warm-up distillation; 0: the whole vocabulary."
+    )
+    ttt_steps: int = opt(
+        3, "Training-time test steps in distillation and online adaptation: the head also "
+        "trains on its own predictions this many steps deep (1: plain teacher forcing)."
+    )
+
+
+@dataclass
 class Drafter:
     kind: str = opt(
-        "eagle", "Speculative drafter: none (plain sampling), ngram, draft_model, eagle or mtp.",
-        choices=("none", "ngram", "draft_model", "eagle", "mtp"),
+        "eagle", "Speculative drafter: none (plain sampling), ngram, draft_model, eagle, eagle3 "
+        "or mtp.",
+        choices=("none", "ngram", "draft_model", "eagle", "eagle3", "mtp"),
     )
     num_draft_tokens: int = opt(4, "Tokens drafted per verify step (k).")
     verify: str = opt(
@@ -170,7 +188,8 @@ class Drafter:
     init_from: str = opt(
         "", "An already trained drafter of this kind, replacing the warm-up distillation: the "
         "--out file of tools/distill_drafter.py, a Hugging Face model folder (draft_model: a "
-        "small Qwen3 with the policy's tokenizer) or an exported step-N-hf-drafter folder."
+        "small Qwen3 with the policy's tokenizer; eagle3: a published EAGLE-3 head, e.g. one "
+        "for Qwen3-8B) or an exported step-N-hf-drafter folder."
     )
     online: bool = opt(
         True, "Adapt the drafter during RL on each rollout batch, from the learner's detached "
@@ -184,3 +203,5 @@ class Drafter:
     draft_model: DraftModel = field(default_factory=DraftModel,
                                     metadata={"help": "kind = draft_model: a small causal LM."})
     mtp: Mtp = field(default_factory=Mtp, metadata={"help": "kind = mtp: one head per depth."})
+    eagle3: Eagle3 = field(default_factory=Eagle3,
+                           metadata={"help": "kind = eagle3: fused three-layer features."})

@@ -120,6 +120,12 @@ def _drafter(cfg) -> None:
     _check(d.max_grad_norm >= 0, "drafter.max_grad_norm", "must be >= 0 (0 disables).")
     _check(0 <= d.collapse_threshold < 1, "drafter.collapse_threshold", "must be in [0, 1).")
     _check(d.mtp.num_heads >= 1, "drafter.mtp.num_heads", "must be >= 1.")
+    _check(d.eagle3.ttt_steps >= 1, "drafter.eagle3.ttt_steps", "must be >= 1 (1: no TTT).")
+    _check(d.eagle3.draft_vocab_size >= 0, "drafter.eagle3.draft_vocab_size",
+           "must be >= 0 (0: the whole vocabulary).")
+    _check(aux_layers_valid(d.eagle3.aux_layers), "drafter.eagle3.aux_layers",
+           f"{d.eagle3.aux_layers!r} is not three distinct comma-separated layer indices "
+           "(e.g. '1,13,24'), nor empty (the public recipe's).")
     _check(d.draft_model.layers >= 0, "drafter.draft_model.layers",
            "must be >= 0 (0: the flavor's own).")
     _check(not (d.adaptive and cfg.parallelism.tp > 1), "drafter.adaptive",
@@ -170,3 +176,10 @@ def check_kind_tables(cfg, set_keys: dict[str, set[str]]) -> None:
                         f"[{table}.{parts[1]}].{parts[2]} in {source} applies to "
                         f"{table}.{choice}={parts[1]}, but {table}.{choice}={chosen}; drop it "
                         f"or set {table}.{choice}={parts[1]}.")
+
+
+def aux_layers_valid(text: str) -> bool:
+    if not text.strip():
+        return True
+    parts = [p.strip() for p in text.split(",")]
+    return len(parts) == 3 and all(p.isdigit() for p in parts) and len(set(parts)) == 3

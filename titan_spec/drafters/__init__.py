@@ -7,10 +7,11 @@ import difflib
 from .base import Drafter, DraftRequest
 from .draft_model import DraftModelDrafter
 from .eagle import EagleDrafter, MtpDrafter
+from .eagle3 import Eagle3Drafter
 from .ngram import NgramDrafter
 
 DRAFTERS: dict[str, type] = {"draft_model": DraftModelDrafter, "eagle": EagleDrafter,
-                             "mtp": MtpDrafter, "ngram": NgramDrafter}
+                             "eagle3": Eagle3Drafter, "mtp": MtpDrafter, "ngram": NgramDrafter}
 
 
 def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
@@ -23,7 +24,7 @@ def build_drafter(kind: str, target=None, **kwargs) -> Drafter:
     if cls is DraftModelDrafter and "model" not in kwargs:
         raise ValueError("the draft_model drafter needs model=<a small causal LM with the "
                          "target's tokenizer>.")
-    if cls in (EagleDrafter, MtpDrafter):
+    if cls in (EagleDrafter, Eagle3Drafter, MtpDrafter):
         return _head_drafter(cls, kind, target, **kwargs)
     return cls(**kwargs)
 
@@ -34,6 +35,11 @@ def _head_drafter(cls, kind: str, target, seed: int = 0, num_heads: int = 2, **k
     if target is None:
         raise ValueError(f"the {kind} drafter reads the target's hidden states: pass target=.")
     device = target.rope_cos.device
+    if cls is Eagle3Drafter:
+        from titan_spec.models.eagle3 import build_eagle3_head
+
+        head = kwargs.pop("head", None) or build_eagle3_head(target.args, seed, device)
+        return cls(target, head, **kwargs)
     if cls is EagleDrafter:
         head = kwargs.pop("head", None) or build_draft_head(target.args, seed, device)
         return cls(target, head, **kwargs)

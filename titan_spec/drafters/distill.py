@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from titan_spec.data.sft import SFTDataSource
 
 
-def _fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
+def fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
     """AdamW with 10-step warm-up and linear decay, clipped at 1.0, on `loss_at(step)`."""
     optimizer = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -83,7 +83,7 @@ def distill_draft_model(target, draft, task, tokenizer, steps: int, batch_size: 
             target_probs = F.softmax(target(inputs)[..., :vocab].float(), dim=-1)
         return draft_model_loss(draft, inputs, mask, target_probs, vocab)
 
-    return _fit(draft, steps, lr, loss_at, log, "distil draft model")
+    return fit(draft, steps, lr, loss_at, log, "distil draft model")
 
 
 def distill_eagle_head(target, head, task, tokenizer, steps: int, **kwargs) -> list:
@@ -111,4 +111,4 @@ def distill_heads(target, heads, task, tokenizer, steps: int, batch_size: int = 
                                target.tok_embeddings, target.output.weight.detach(), vocab,
                                feature_weight)
 
-    return _fit(modules, steps, lr, loss_at, log, f"distil {len(heads)} head(s)")
+    return fit(modules, steps, lr, loss_at, log, f"distil {len(heads)} head(s)")

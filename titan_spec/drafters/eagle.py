@@ -46,6 +46,15 @@ class HeadChainDrafter(Drafter):
     def _logits(self, predicted_hidden):
         return torch.nn.functional.linear(predicted_hidden, self.target.output.weight)
 
+    def _draft_probs(self, predicted, request):
+        """The processed draft distribution [B, V] after a head's output [B, dim]."""
+        return process_logits(self._logits(predicted), request.sampling, request.vocab_size)
+
+    def _hidden_input(self, index: int, previous):
+        """What head `index` reads for position p from the source at p - 1 (the target's
+        hidden state, or the previous head's output)."""
+        return previous
+
     def _embed(self, tokens):
         return self.target.tok_embeddings(tokens)
 
@@ -58,7 +67,7 @@ class HeadChainDrafter(Drafter):
             source = hidden if index == 0 else self.outputs[index - 1]
             previous = torch.where((positions > 0).unsqueeze(-1), source[rows, previous_index],
                                    torch.zeros((), dtype=source.dtype, device=source.device))
-            out = head(previous, self._embed(tokens), positions,
+            out = head(self._hidden_input(index, previous), self._embed(tokens), positions,
                        self.caches[index].view(slot_ids, attend_len))
             self.outputs[index][rows, positions] = out
             first = out if first is None else first
@@ -84,8 +93,7 @@ class HeadChainDrafter(Drafter):
         slot_ids = torch.as_tensor(request.slots, device=device)
         draft_ids, draft_probs = [], []
         for i in range(request.k):
-            probs = process_logits(self._logits(predicted[:, -1]), request.sampling,
-                                   request.vocab_size)
+            probs = self._draft_probs(predicted[:, -1], request)
             token = sample_rows(probs, request, i)
             draft_ids.append(token)
             draft_probs.append(probs)

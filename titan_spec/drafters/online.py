@@ -21,6 +21,8 @@ class OnlineDrafter:
     def __init__(self, trainable, cfg, dp_group=None):
         self.trainable, self.cfg, self.dp_group = trainable, cfg, dp_group
         self.params = [p for p in trainable.module.parameters() if p.requires_grad]
+        # What the learner's forward must return as `hidden` (EAGLE-3: three layers' outputs).
+        self.hidden_layers = trainable.hidden_layers
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=0.0)
         self._loss_sum = None
 

@@ -11,8 +11,14 @@ import time
 import torch
 import torch.distributed as dist
 
+from titan_spec.formats.eagle3_hf import (
+    head_spec,
+    is_eagle3_folder,
+    load_eagle3_head,
+    save_eagle3_head,
+)
 from titan_spec.formats.hf import hf_model_args, is_hf_folder, load_drafter_folder
-from titan_spec.formats.hf_export import export_hf, write_heads
+from titan_spec.formats.hf_export import DTYPES, export_hf, write_heads
 from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 
@@ -27,8 +33,8 @@ DRAFTER_SEED_OFFSET = 17
 
 
 class DrafterRuntime:
-    def __init__(self, cfg, drafter=None, trainable=None, dp_group=None):
-        self.cfg = cfg
+    def __init__(self, cfg, drafter=None, trainable=None, dp_group=None, target_args=None):
+        self.cfg, self.target_args = cfg, target_args  # the policy's full shape
         self.drafter = drafter  # what the engine calls; None: plain sampling
         self.trainable = trainable  # the learnable module behind it, or None (n-gram)
         self.online = OnlineDrafter(trainable, cfg, dp_group) if trainable is not None else None
@@ -46,15 +52,18 @@ class DrafterRuntime:
             return cls(cfg)
         if cfg.kind == "ngram":
             return cls(cfg, build_drafter("ngram"))
-        draft_args = None
+        draft_args = eagle3_spec = None
         if cfg.kind == "draft_model" and is_hf_folder(cfg.init_from):
             draft_args = hf_model_args(model_cfg.name, cfg.init_from,
                                        attention_fp64=model_cfg.attention_fp64)
+        if cfg.kind == "eagle3" and is_eagle3_folder(cfg.init_from):
+            eagle3_spec = head_spec(cfg.init_from, target_args)  # its shape, not the config's
         trainable = build_trainable_drafter(
             cfg.kind, target, model_cfg.name, seed=seed + DRAFTER_SEED_OFFSET, device=device,
             draft_flavor=cfg.draft_model.flavor, draft_layers=cfg.draft_model.layers,
-            num_heads=cfg.mtp.num_heads, head_args=target_args, draft_args=draft_args)
-        return cls(cfg, trainable.drafter, trainable, dp_group)
+            num_heads=cfg.mtp.num_heads, head_args=target_args, draft_args=draft_args,
+            eagle3=cfg.eagle3, eagle3_spec=eagle3_spec)
+        return cls(cfg, trainable.drafter, trainable, dp_group, target_args)
 
     @property
     def module(self):
@@ -81,6 +90,12 @@ class DrafterRuntime:
         if self.online is None:
             raise ValueError(f"drafter.init_from is set but drafter.kind={self.cfg.kind} "
                              "has no parameters; drop init_from or pick a learnable kind.")
+        if self.cfg.kind == "eagle3" and is_eagle3_folder(path):
+            head = self.module[0]
+            loaded = load_eagle3_head(path, self.target_args, device)
+            head.load_state_dict(loaded.state_dict())
+            log.info("drafter eagle3 initialised from %s (public EAGLE-3 layout)", path)
+            return True
         if os.path.isdir(path):
             load_drafter_folder(self.module, self.cfg.kind, path, model_name, tokenizer)
             log.info("drafter %s initialised from %s", self.cfg.kind, path)
@@ -101,10 +116,14 @@ class DrafterRuntime:
 
     def export(self, out, model_name: str, dtype: str, *, writer: bool, **options) -> None:
         """The drafter as its own folder: a draft model as a Hugging Face model (same
-        tokenizer as the policy); heads (eagle, mtp) as drafter.safetensors + drafter.json in
-        titan-spec's layout (the public EAGLE-3 layout is not written yet)."""
+        tokenizer as the policy); an EAGLE-3 head in the public layout (vLLM / SGLang /
+        SpecForge load it); eagle and mtp heads as drafter.safetensors + drafter.json in
+        titan-spec's layout."""
         if self.trainable.kind == "draft_model":
             export_hf(self.module, out, model_name, dtype, writer=writer, **options)
+        elif self.trainable.kind == "eagle3":
+            if writer:
+                save_eagle3_head(self.module[0], out, DTYPES[dtype])
         elif writer:
             write_heads(self.module.state_dict(), out, self.trainable.kind, dtype)
 
@@ -142,3 +161,4 @@ class DrafterRuntime:
         collapsed = self.drafter is not None and warn and check_acceptance(
             rates, self.cfg.collapse_threshold, self.cfg.kind)
         return rates, bool(collapsed)
+

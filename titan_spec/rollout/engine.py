@@ -78,8 +78,10 @@ class RolloutEngine:
         else:
             self.adaptive_k = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
-        # EAGLE-style drafters read the target's final hidden states, kept per slot/position.
+        # EAGLE-style drafters read the target's final hidden states (EAGLE-3: the outputs of
+        # three layers side by side), kept per slot and position.
         self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))
+        self.hidden_layers = getattr(drafter, "target_hidden_layers", None)
         self.hidden: torch.Tensor | None = None
         self.last_stats: dict = {}
 
@@ -109,7 +111,8 @@ class RolloutEngine:
         self.cache = KVCache.for_model(self.model, self.max_batch_size, self.max_seq_len,
                                        dtype=dtype, device=self.device)
         if self.needs_hidden:
-            self.hidden = torch.zeros((self.max_batch_size, self.max_seq_len, self.model.args.dim),
+            width = self.model.args.dim * len(self.hidden_layers or (None,))
+            self.hidden = torch.zeros((self.max_batch_size, self.max_seq_len, width),
                                       dtype=dtype, device=self.device)
         if self.drafter is not None:
             self.drafter.start(self.max_batch_size, self.max_seq_len, self.device)
@@ -189,7 +192,8 @@ class RolloutEngine:
         view = self.cache.view(slot_ids, attend_len)
         if not self.needs_hidden:
             return self.model(tokens, positions, kv_cache=view)
-        logits, hidden = self.model(tokens, positions, kv_cache=view, return_hidden=True)
+        logits, hidden = self.model(tokens, positions, kv_cache=view, return_hidden=True,
+                                    hidden_layers=self.hidden_layers)
         self.hidden[slot_ids.unsqueeze(1), positions] = hidden.to(self.hidden.dtype)
         return logits
 

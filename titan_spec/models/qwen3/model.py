@@ -43,22 +43,29 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
-    def __init__(self, args: Qwen3Args):
+    """Qwen3 attention; `in_dim` and `qk_norm=False` give the Llama-style variant of draft
+    heads that attend over a wider input (models/eagle3.py)."""
+
+    def __init__(self, args: Qwen3Args, in_dim: int | None = None, qk_norm: bool = True):
         super().__init__()
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        in_dim = in_dim or args.dim
+        self.wq = nn.Linear(in_dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(in_dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(in_dim, args.n_kv_heads * args.head_dim, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
-        self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
-        self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
+        if qk_norm:
+            self.q_norm = RMSNorm(args.head_dim, args.norm_eps)
+            self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.fp64 = args.attention_fp64
 
     def forward(self, x, cos, sin, positions, cache=None):
         batch, seq, _ = x.shape
         # Head counts come from the (possibly tensor-parallel, local) projection widths.
-        q = self.q_norm(self.wq(x).view(batch, seq, -1, self.head_dim))
-        k = self.k_norm(self.wk(x).view(batch, seq, -1, self.head_dim))
+        q = self.wq(x).view(batch, seq, -1, self.head_dim)
+        k = self.wk(x).view(batch, seq, -1, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
         v = self.wv(x).view(batch, seq, -1, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         mask = None
@@ -120,19 +127,29 @@ class Qwen3Model(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-    def forward(self, tokens, positions=None, kv_cache=None, return_hidden: bool = False):
+    def forward(self, tokens, positions=None, kv_cache=None, return_hidden: bool = False,
+                hidden_layers: tuple[int, ...] | None = None):
         """tokens [B, T]; positions [B, T] absolute (default 0..T-1); kv_cache: per-layer caches
-        (rollout/kv_cache.py). Returns logits [B, T, V] (and final hidden states [B, T, dim])."""
+        (rollout/kv_cache.py). Returns logits [B, T, V], and with return_hidden the final
+        hidden states [B, T, dim], or with hidden_layers the outputs of those layers side by
+        side [B, T, len(hidden_layers) * dim] (EAGLE-3's features)."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         h = self.tok_embeddings(tokens)
+        kept = {}
         for name, layer in self.layers.items():
             cache = kv_cache.layer(int(name)) if kv_cache is not None else None
             h = layer(h, cos, sin, positions, cache)
+            if hidden_layers and int(name) in hidden_layers:
+                kept[int(name)] = h
         h = self.norm(h)
         logits = self.output(h)
-        return (logits, h) if return_hidden else logits
+        if not return_hidden:
+            return logits
+        if hidden_layers:
+            return logits, torch.cat([kept[index] for index in hidden_layers], dim=-1)
+        return logits, h
 
     def tie_weights(self) -> None:
         """Share the embedding with the output head (again after to_empty(), which makes new
