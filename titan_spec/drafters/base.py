@@ -76,8 +76,7 @@ class CachedDrafter(Drafter):
         self.cache = None
 
     def _view(self, slots: list[int], attend_len: int):
-        device = self.cache.key_positions.device
-        return self.cache.view(torch.as_tensor(slots, device=device), attend_len)
+        return self.cache.view(list(slots), attend_len)
 
     def _feed(self, tokens, positions, slots, attend_len, hidden=None):
         """Forward [B, T] tokens at positions into the cache -> per-position outputs."""

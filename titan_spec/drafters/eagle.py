@@ -68,7 +68,7 @@ class HeadChainDrafter(Drafter):
             previous = torch.where((positions > 0).unsqueeze(-1), source[rows, previous_index],
                                    torch.zeros((), dtype=source.dtype, device=source.device))
             out = head(self._hidden_input(index, previous), self._embed(tokens), positions,
-                       self.caches[index].view(slot_ids, attend_len))
+                       self.caches[index].view(list(slots), attend_len))
             self.outputs[index][rows, positions] = out
             first = out if first is None else first
         return first
@@ -90,7 +90,6 @@ class HeadChainDrafter(Drafter):
         attend_len = max(len(s) for s in request.sequences) + request.k
         predicted = self._feed_all(tokens, positions, request.slots, attend_len,
                                    request.extras["hidden"])[:, -1:]
-        slot_ids = torch.as_tensor(request.slots, device=device)
         draft_ids, draft_probs = [], []
         for i in range(request.k):
             probs = self._draft_probs(predicted[:, -1], request)
@@ -99,7 +98,7 @@ class HeadChainDrafter(Drafter):
             draft_probs.append(probs)
             if i + 1 < request.k:
                 index = min(i + 1, len(self.heads) - 1)
-                view = self.caches[index].view(slot_ids, attend_len)
+                view = self.caches[index].view(list(request.slots), attend_len)
                 predicted = self.heads[index](predicted, self._embed(token.unsqueeze(1)),
                                               (lengths + i).unsqueeze(1), view)
         return torch.stack(draft_ids, dim=1), torch.stack(draft_probs, dim=1)

@@ -28,6 +28,7 @@ from titan_spec.kernels.rejection_reference import RULES
 from titan_spec.kernels.rejection_sampler import rejection_sample
 
 from .adaptive import AdaptiveK
+from .context_buckets import NUM_BUCKETS, context_bucket
 from .draft_request import DraftRequest
 from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
@@ -96,12 +97,9 @@ class RolloutEngine:
         KV cache stay; each new token is still sampled exactly from the current target.
         request_ids: each prompt's key in the random streams (default: its index), so a
         request given the same id and seed gets the same tokens in any batch."""
-        self._check_prompts(prompt_token_ids, group_ids)
+        self._check_prompts(prompt_token_ids, group_ids, request_ids)
         if request_ids is None:
             request_ids = list(range(len(prompt_token_ids)))
-        elif len(request_ids) != len(prompt_token_ids):
-            raise ValueError(f"request_ids has {len(request_ids)} entries for "
-                             f"{len(prompt_token_ids)} prompts.")
         base_seed = sampling.seed if sampling.seed is not None else int(
             torch.randint(0, 2**62, (1,)))
         queue = deque(range(len(prompt_token_ids)))
@@ -119,6 +117,8 @@ class RolloutEngine:
         stats = {"iterations": 0, "sequence_steps": 0, "tokens": 0, "drafted": 0, "accepted": 0,
                  "accepted_per_position": [0] * self.num_draft_tokens,
                  "drafted_per_position": [0] * self.num_draft_tokens,
+                 "accepted_per_context": [0] * NUM_BUCKETS,
+                 "drafted_per_context": [0] * NUM_BUCKETS,
                  "kv_cache_bytes": self.cache.nbytes(), "time_draft_s": 0.0,
                  "time_verify_s": 0.0}
         start = time.perf_counter()
@@ -148,9 +148,10 @@ class RolloutEngine:
         return results
 
     # ---------------------------------------------------------------- internals
-    def _check_prompts(self, prompts, group_ids):
-        if group_ids is not None and len(group_ids) != len(prompts):
-            raise ValueError(f"group_ids has {len(group_ids)} entries for {len(prompts)} prompts.")
+    def _check_prompts(self, prompts, group_ids, request_ids):
+        for name, values in (("group_ids", group_ids), ("request_ids", request_ids)):
+            if values is not None and len(values) != len(prompts):
+                raise ValueError(f"{name} has {len(values)} entries for {len(prompts)} prompts.")
         for i, prompt in enumerate(prompts):
             if not prompt:
                 raise ValueError(f"prompt {i} is empty; every prompt needs at least one token.")
@@ -184,17 +185,16 @@ class RolloutEngine:
         batch = prefill_batch(prompts, self.device)
         if batch is not None:
             tokens, positions = batch
-            self._forward(tokens, positions, torch.tensor(slots, device=self.device),
-                          tokens.shape[1])
+            self._forward(tokens, positions, slots, tokens.shape[1])
 
-    def _forward(self, tokens, positions, slot_ids, attend_len):
+    def _forward(self, tokens, positions, slots: list[int], attend_len):
         """Target forward on the cache; keeps final hidden states when a drafter reads them."""
-        view = self.cache.view(slot_ids, attend_len)
+        view = self.cache.view(slots, attend_len)
         if not self.needs_hidden:
             return self.model(tokens, positions, kv_cache=view)
         logits, hidden = self.model(tokens, positions, kv_cache=view, return_hidden=True,
                                     hidden_layers=self.hidden_layers)
-        self.hidden[slot_ids.unsqueeze(1), positions] = hidden.to(self.hidden.dtype)
+        self.hidden[view.slots.unsqueeze(1), positions] = hidden.to(self.hidden.dtype)
         return logits
 
     def _choose_k(self, sequences: list[_Sequence]) -> int:
@@ -225,7 +225,7 @@ class RolloutEngine:
         last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
         inputs = torch.cat([last.unsqueeze(1), draft_ids], dim=1)  # [B, k+1]
         positions = (lengths - 1).unsqueeze(1) + torch.arange(k + 1, device=self.device)
-        logits = self._forward(inputs, positions, torch.tensor(active, device=self.device),
+        logits = self._forward(inputs, positions, active,
                                max(len(s.tokens) for s in sequences) + k)
         target_probs = process_logits(logits[..., : self.vocab_size], sampling)  # [B, k+1, V]
         if draft_probs is not None:
@@ -247,6 +247,9 @@ class RolloutEngine:
 
     def _commit(self, seq, tokens, token_logprobs, k, sampling, stats):
         num_accepted = next((i for i, t in enumerate(tokens) if t < 0), k + 1) - 1
+        bucket = context_bucket(len(seq.tokens))
+        stats["drafted_per_context"][bucket] += k
+        stats["accepted_per_context"][bucket] += num_accepted
         seq.stats["drafted"] += k
         seq.stats["accepted"] += num_accepted
         seq.stats["verify_steps"] += 1

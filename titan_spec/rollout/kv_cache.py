@@ -26,30 +26,48 @@ def prefill_batch(prompts: list[list[int]], device):
 
 
 class LayerView:
-    def __init__(self, keys, values, key_positions, slots, attend_len: int):
+    def __init__(self, keys, values, key_positions, slots, attend_len: int,
+                 block: slice | None = None):
         self.keys, self.values, self.key_positions = keys, values, key_positions
-        self.slots, self.attend_len = slots, attend_len
+        self.slots, self.attend_len, self.block = slots, attend_len, block
 
     def update(self, new_keys, new_values, positions):
         """new_keys/new_values [B, T, H, D] at positions [B, T] -> keys/values [B, S, H, D] and
-        their positions [S], S = attend_len."""
-        rows = self.slots if self.slots is not None else torch.arange(
-            positions.shape[0], device=positions.device)
+        their positions [S], S = attend_len. Rows that are one contiguous block of slots are
+        read in place (a view); scattered rows are gathered (a copy)."""
+        span = slice(0, self.attend_len)
+        if self.block is not None or self.slots is None:
+            block = self.block or slice(0, positions.shape[0])
+            keys, values = self.keys[block], self.values[block]
+            rows = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1)
+            keys[rows, positions] = new_keys.to(keys.dtype)
+            values[rows, positions] = new_values.to(values.dtype)
+            return keys[:, span], values[:, span], self.key_positions[span]
+        rows = self.slots
         self.keys[rows.unsqueeze(1), positions] = new_keys.to(self.keys.dtype)
         self.values[rows.unsqueeze(1), positions] = new_values.to(self.values.dtype)
-        span = slice(0, self.attend_len)
-        if self.slots is None:
-            return self.keys[:, span], self.values[:, span], self.key_positions[span]
         return self.keys[rows, span], self.values[rows, span], self.key_positions[span]
+
+
+def contiguous_block(slots) -> slice | None:
+    """slice(a, b) when the slot list is a, a+1, ..., b-1 (checked on the host), else None."""
+    if isinstance(slots, (list, tuple, range)) and len(slots) and \
+            list(slots) == list(range(slots[0], slots[0] + len(slots))):
+        return slice(slots[0], slots[0] + len(slots))
+    return None
 
 
 class KVCacheView:
     def __init__(self, cache: "KVCache", slots, attend_len: int):
+        self.block = contiguous_block(slots)
+        if isinstance(slots, (list, tuple, range)):
+            slots = torch.as_tensor(list(slots), device=cache.key_positions.device)
         self.cache, self.slots, self.attend_len = cache, slots, attend_len
 
     def layer(self, index: int) -> LayerView:
         keys, values = self.cache.keys[index], self.cache.values[index]
-        return LayerView(keys, values, self.cache.key_positions, self.slots, self.attend_len)
+        return LayerView(keys, values, self.cache.key_positions, self.slots, self.attend_len,
+                         self.block)
 
 
 class KVCache:
@@ -69,8 +87,9 @@ class KVCache:
         return cls(args.n_layers, batch_size, max_seq_len, args.n_kv_heads // tp_degree,
                    args.head_dim, **kw)
 
-    def view(self, slots: torch.Tensor | None = None, attend_len: int | None = None):
-        """Rows of the forward batch -> cache slots (None: row i is slot i)."""
+    def view(self, slots=None, attend_len: int | None = None):
+        """Rows of the forward batch -> cache slots: a tensor, a list of slot numbers (a run
+        of consecutive ones is then read in place), or None (row i is slot i)."""
         return KVCacheView(self, slots, attend_len or self.max_seq_len)
 
     def layer(self, index: int) -> LayerView:

@@ -77,10 +77,9 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         if self.fp64:
             q, k, v = q.double(), k.double(), v.double()
-        repeat = q.shape[1] // k.shape[1]
-        if repeat > 1:
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+        # Grouped-query attention without copying K / V per query head.
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                             enable_gqa=q.shape[1] != k.shape[1])
         return self.wo(out.to(x.dtype).transpose(1, 2).reshape(batch, seq, -1))
 
 
