@@ -1,5 +1,6 @@
-"""Plot a run's metrics.jsonl as PNG curves: reward and accuracy, acceptance length and
-per-position acceptance, and the RL step-time breakdown (plus the SFT loss when present).
+"""Plot a run's metrics.jsonl as PNG curves: reward and accuracy, acceptance length,
+acceptance per draft position and per context length (drafters decay on long rollouts), and the
+RL step-time breakdown (plus the SFT loss when present).
 
     python -m tools.plot_metrics outputs/debug_model/metrics.jsonl --out outputs/debug_model/rl.png
 """
@@ -29,6 +30,20 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def _plot_by_context(axis, steps, rl) -> None:
+    """Acceptance rate per context-length bucket over the steps (records before the metric
+    existed have none)."""
+    by_context = [r.get("acceptance_rate_by_context", {}) for r in rl]
+    labels = sorted({label for rates in by_context for label in rates},
+                    key=lambda label: int(label.split("-")[0].rstrip("+")))
+    for label in labels:
+        axis.plot(steps, [rates.get(label, float("nan")) for rates in by_context],
+                  label=f"context {label}")
+    axis.set_ylim(0, 1.05)
+    kind = rl[-1].get("drafter_kind", "")
+    axis.set_title(f"acceptance by context length{f' ({kind})' if kind else ''}")
+
+
 def plot(records: list[dict], out: Path) -> Path:
     import matplotlib
 
@@ -39,7 +54,7 @@ def plot(records: list[dict], out: Path) -> Path:
     sft = [r for r in records if r.get("phase") == "sft"]
     if not rl and not sft:
         raise ValueError("no 'rl' or 'sft' records to plot.")
-    panels = 4 if rl else 1
+    panels = 5 if rl else 1
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.4), squeeze=False)
     axes = axes[0]
     if sft:
@@ -59,15 +74,16 @@ def plot(records: list[dict], out: Path) -> Path:
                                  for r in rates], label=f"draft position {position}")
         axes[2].set_ylim(0, 1.05)
         axes[2].set_title("acceptance rate per position")
+        _plot_by_context(axes[3], steps, rl)
         parts = step_spans(rl[0])
         bottom = [0.0] * len(rl)
         for key in parts:
             values = [r[key] for r in rl]
-            axes[3].bar(steps, values, bottom=bottom, label=key[5:-2], width=1.0)
+            axes[4].bar(steps, values, bottom=bottom, label=key[5:-2], width=1.0)
             bottom = [b + v for b, v in zip(bottom, values, strict=True)]
         other = [r["step_time_s"] - b for r, b in zip(rl, bottom, strict=True)]
-        axes[3].bar(steps, other, bottom=bottom, label="other", width=1.0)
-        axes[3].set_title("step time (s)")
+        axes[4].bar(steps, other, bottom=bottom, label="other", width=1.0)
+        axes[4].set_title("step time (s)")
     axes[0].set_title("SFT loss / RL reward" if sft and rl else ("RL reward" if rl else "loss"))
     for axis in axes:
         axis.set_xlabel("step")

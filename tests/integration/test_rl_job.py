@@ -10,7 +10,8 @@ from tests.helpers import RL_FAST, read_metrics, run_function, train_job
 PER_STEP = ["reward_mean", "accuracy", "response_len_mean", "rollout_tokens_per_s",
             "acceptance_length", "acceptance_rate_per_position", "logprob_mismatch_max",
             "logprob_mismatch_mean", "time_rollout_s", "time_logprob_s", "time_train_s",
-            "step_time_s", "policy_version", "drafter_version", "drafter_loss"]
+            "step_time_s", "policy_version", "drafter_version", "drafter_loss",
+            "acceptance_rate_by_context", "drafter_kind"]
 
 
 def _train(rank, world_size, overrides):
@@ -28,6 +29,8 @@ def _check_records(records, k=4):
         assert len(record["acceptance_rate_per_position"]) == k
         assert record["logprob_mismatch_max"] <= 1e-5  # colocated fp32
         assert record["acceptance_length"] >= 1.0
+        assert record["acceptance_rate_by_context"]  # drafts land in some context bucket
+        assert all(0 <= rate <= 1 for rate in record["acceptance_rate_by_context"].values())
     assert [r["policy_version"] for r in records] == [0, 1]
     assert [r["drafter_version"] for r in records] == [0, 1]
 

@@ -191,3 +191,18 @@ def test_sequence_distribution_exact_with_group_siblings(target, drafters):
     samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
     assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
     assert engine.last_stats["accepted"] > 0
+
+
+def test_acceptance_by_context_length_adds_up(target, drafters):
+    from titan_spec.rollout.context_buckets import bucket_label, context_bucket
+
+    assert [context_bucket(n) for n in (1, 32, 33, 64, 65, 129, 10**6)] == [0, 0, 1, 1, 2, 3, 11]
+    assert [bucket_label(i) for i in (0, 1, 2, 11)] == ["1-32", "33-64", "65-128", "32769+"]
+    engine = RolloutEngine(target, drafters["draft_model"](), num_draft_tokens=3,
+                           max_batch_size=3, max_seq_len=64)
+    engine.generate([[1] * 30, [1, 2]], SamplingParams(temperature=1.0, max_new_tokens=20,
+                                                       seed=4))
+    stats = engine.last_stats
+    assert sum(stats["drafted_per_context"]) == stats["drafted"]
+    assert sum(stats["accepted_per_context"]) == stats["accepted"]
+    assert stats["drafted_per_context"][0] and stats["drafted_per_context"][1]  # 30 + 20 > 32

@@ -15,8 +15,13 @@ from dataclasses import dataclass, field
 import torch
 
 from titan_spec.parallel.comm import dp_max, dp_sum
+from titan_spec.rollout.context_buckets import rates_by_context
 
 from .rollout_batch import RolloutBatch, logprob_mismatch
+
+# Per-step count lists summed over generators, in the order the reductions pack them.
+_COUNT_LISTS = ("accepted_per_position", "drafted_per_position", "accepted_per_context",
+                "drafted_per_context")
 
 
 @dataclass
@@ -31,6 +36,8 @@ class RolloutStats:
     sequence_steps: float
     accepted_per_position: list
     drafted_per_position: list
+    accepted_per_context: list  # by context-length bucket (rollout/context_buckets.py)
+    drafted_per_context: list
     time_generate_s: float  # the slowest generator's
     kv_cache_bytes: int
     rollout_side: dict = field(default_factory=dict)  # async: the rollout ranks' own figures
@@ -39,31 +46,31 @@ class RolloutStats:
     def from_engine(cls, engine_stats: dict, rewards: torch.Tensor, lengths: list[int],
                     time_generate_s: float, dims, device) -> "RolloutStats":
         """This rank's generation in a sync step, summed over the data-parallel ranks."""
-        k = len(engine_stats["drafted_per_position"])
+        lists = {key: engine_stats[key] for key in _COUNT_LISTS}
         sums = dp_sum(dims, [len(lengths), float(rewards.sum()), float((rewards >= 1).sum()),
                              sum(lengths), engine_stats["tokens"], engine_stats["sequence_steps"]]
-                      + engine_stats["accepted_per_position"]
-                      + engine_stats["drafted_per_position"], device)
+                      + [x for values in lists.values() for x in values], device)
         (slowest,) = dp_max(dims, [time_generate_s], device)
-        return cls(*sums[:6], sums[6:6 + k], sums[6 + k:], slowest,
-                   engine_stats["kv_cache_bytes"])
+        summed, offset = {}, 6
+        for key, values in lists.items():
+            summed[key] = sums[offset:offset + len(values)]
+            offset += len(values)
+        return cls(*sums[:6], **summed, time_generate_s=slowest,
+                   kv_cache_bytes=engine_stats["kv_cache_bytes"])
 
     @classmethod
     def from_messages(cls, messages) -> "RolloutStats":
         """Every rollout replica's batch of an async step (each learner rank holds them all)."""
         stats = [m.stats for m in messages]
         rewards = torch.tensor([r for m in messages for r in m.rewards])
-        k = len(stats[0]["drafted_per_position"])
         return cls(
             samples=len(rewards), reward_sum=float(rewards.sum()),
             correct=float((rewards >= 1).sum()),
             length_sum=sum(len(ids) for m in messages for ids in m.token_ids),
             tokens=sum(s["tokens"] for s in stats),
             sequence_steps=sum(s["sequence_steps"] for s in stats),
-            accepted_per_position=[sum(s["accepted_per_position"][i] for s in stats)
-                                   for i in range(k)],
-            drafted_per_position=[sum(s["drafted_per_position"][i] for s in stats)
-                                  for i in range(k)],
+            **{key: [sum(values) for values in zip(*(s[key] for s in stats), strict=True)]
+               for key in _COUNT_LISTS},
             time_generate_s=max(s["time_generate_s"] for s in stats),
             kv_cache_bytes=stats[0]["kv_cache_bytes"],
             rollout_side={
@@ -86,6 +93,9 @@ class RolloutStats:
             "rollout_tokens_per_s": self.tokens / max(self.time_generate_s, 1e-9),
             "acceptance_length": self.tokens / max(self.sequence_steps, 1),
             "acceptance_rate_per_position": rates, "drafter_collapsed": collapsed,
+            "acceptance_rate_by_context": rates_by_context(self.accepted_per_context,
+                                                           self.drafted_per_context),
+            "drafter_kind": drafters.cfg.kind,
             "kv_cache_bytes": self.kv_cache_bytes, **self.rollout_side,
         }
 

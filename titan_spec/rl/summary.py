@@ -32,6 +32,9 @@ def summary_table(records: list[dict], eval_before: dict | None, eval_after: dic
         ("acceptance length (mean)", f"{_mean(r['acceptance_length'] for r in records):.2f}"),
         ("acceptance rate per draft position (last step)",
          " ".join(f"{x:.2f}" for x in records[-1]["acceptance_rate_per_position"]) or "-"),
+        ("acceptance rate by context length (last step)",
+         "  ".join(f"{label}: {rate:.2f}" for label, rate in
+                   records[-1].get("acceptance_rate_by_context", {}).items()) or "-"),
         ("rollout tokens/s (mean)", f"{_mean(r['rollout_tokens_per_s'] for r in records):.0f}"),
         ("logprob mismatch max (all steps)",
          f"{max(r['logprob_mismatch_max'] for r in records):.2e}"),
