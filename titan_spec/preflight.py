@@ -91,3 +91,25 @@ def _preflight_rl(cfg, dims, args) -> None:
     if cfg.rollout.max_new_tokens >= args.max_seq_len:
         raise ValueError(f"rollout.max_new_tokens={cfg.rollout.max_new_tokens} leaves no room "
                          f"for the prompt in the model's max_seq_len={args.max_seq_len}.")
+    if cfg.drafter.kind == "eagle3":
+        _preflight_eagle3(cfg.drafter, args)
+
+
+def _preflight_eagle3(drafter, args) -> None:
+    """The head's feature layers and draft vocabulary against the policy, or a published
+    head's config.json against it (formats/eagle3_hf.py names what does not fit)."""
+    from titan_spec.formats.eagle3_hf import head_spec, is_eagle3_folder
+    from titan_spec.models.eagle3 import check_aux_layers
+
+    if is_eagle3_folder(drafter.init_from):
+        head_spec(drafter.init_from, args)
+        return
+    if drafter.eagle3.aux_layers.strip():
+        layers = tuple(int(x) for x in drafter.eagle3.aux_layers.split(","))
+        try:
+            check_aux_layers(layers, args.n_layers)
+        except ValueError as err:
+            raise ValueError(f"drafter.eagle3.aux_layers: {err}") from None
+    if drafter.eagle3.draft_vocab_size > args.vocab_size:
+        raise ValueError(f"drafter.eagle3.draft_vocab_size={drafter.eagle3.draft_vocab_size} "
+                         f"exceeds the policy's vocabulary ({args.vocab_size}).")

@@ -144,6 +144,18 @@ def test_rl_config_errors():
         preflight(load_config("debug_model.toml", ["--rollout.temperature=0"]), 1)
     with pytest.raises(ValueError, match="minibatches"):
         preflight(load_config("debug_model.toml", ["--rl.minibatches=3"]), 2)
+    with pytest.raises(ConfigError, match=r"\[drafter.eagle3\].aux_layers: '1,2'"):
+        load_config("debug_model.toml", ["--drafter.kind=eagle3",
+                                         "--drafter.eagle3.aux_layers=1,2"])
+    with pytest.raises(ValueError, match=r"aux_layers: .*\(1, 2, 9\).*\[0, 4\)"):
+        preflight(load_config("debug_model.toml", ["--drafter.kind=eagle3",
+                                                   "--drafter.eagle3.aux_layers=1,2,9"]), 2)
+    with pytest.raises(ValueError, match="draft_vocab_size=99 exceeds"):
+        preflight(load_config("debug_model.toml", ["--drafter.kind=eagle3",
+                                                   "--drafter.eagle3.draft_vocab_size=99"]), 2)
+    with pytest.raises(ConfigError, match="ttt_steps"):
+        load_config("debug_model.toml", ["--drafter.kind=eagle3",
+                                         "--drafter.eagle3.ttt_steps=0"])
 
 
 def test_moved_keys_name_their_new_place(tmp_path):
