@@ -128,3 +128,35 @@ def test_checksum_catches_changed_swapped_and_zeroed_elements():
     assert torch.equal(checksum(bucket.clone()), reference)
     for damaged in (changed, swapped, zeroed):
         assert not torch.equal(checksum(damaged), reference)
+
+
+def _sync_eagle3_head(rank, world_size):
+    """The drafter sync carries persistent buffers: an EAGLE-3 head's vocabulary map."""
+    import torch.distributed as dist
+
+    from titan_spec.models import build_model
+    from titan_spec.models.eagle3 import build_eagle3_head, set_draft_vocab
+    from titan_spec.parallel.weight_sync import WeightSync, synced_tensors
+
+    args = build_model("qwen3", "debug", device="meta").args
+    head = torch.nn.ModuleList([build_eagle3_head(args, seed=rank, draft_vocab_size=20)])
+    if rank == 0:
+        set_draft_vocab(head[0], torch.arange(0, 60, 3))  # chosen by the learner's warm-up
+    sync = WeightSync(0, [1])
+    if rank == 0:
+        sync.send(head, version=1)
+        sync.wait()
+    else:
+        sync.receive(head, {n: tuple(t.shape) for n, t in synced_tensors(head).items()})
+    state = {name: tensor.clone() for name, tensor in head.state_dict().items()}
+    gathered = [None, None]
+    dist.all_gather_object(gathered, state)
+    return gathered
+
+
+def test_drafter_sync_carries_the_eagle3_vocabulary_map(tmp_path):
+    learner, rollout = run_function(2, _sync_eagle3_head, tmp_path)
+    assert set(learner) == set(rollout) and {"0.d2t", "0.t2d"} <= set(rollout)
+    for name, tensor in learner.items():
+        assert torch.equal(tensor, rollout[name]), name
+    assert rollout["0.t2d"].sum() == 20

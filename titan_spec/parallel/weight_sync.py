@@ -62,9 +62,15 @@ def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[li
     return groups
 
 
-def _canonical_params(model: nn.Module) -> dict:
-    """Parameters by the name both sides agree on (FSDP / checkpoint wrappers stripped)."""
-    return {canonical_name(n): p for n, p in model.named_parameters()}
+def synced_tensors(model: nn.Module) -> dict:
+    """What a sync carries, by the name both sides agree on (FSDP / checkpoint wrappers
+    stripped): every parameter and every buffer the state dict keeps (an EAGLE-3 head's
+    vocabulary map). Buffers travel in the float32 buckets too; integer and boolean ones are
+    exact there (values < 2**24)."""
+    persistent = set(model.state_dict())
+    tensors = {canonical_name(n): p for n, p in model.named_parameters()}
+    tensors.update({canonical_name(n): b for n, b in model.named_buffers() if n in persistent})
+    return tensors
 
 
 def _full(param) -> torch.Tensor:
@@ -109,7 +115,7 @@ class WeightSync:
         """Every learner rank calls this (the gathers are collective over the learner mesh).
         The header (version, bucket count) goes first, so a rollout rank can poll for it."""
         start, sent = time.perf_counter(), 0
-        params = dict(sorted(_canonical_params(model).items()))
+        params = dict(sorted(synced_tensors(model).items()))
         groups = bucket_groups([(name, p.shape) for name, p in params.items()],
                                self.bucket_bytes)
         if self.rank == self.source_rank:
@@ -150,7 +156,7 @@ class WeightSync:
 
     # ------------------------------------------------------------------ rollout side
     def _local_params(self, model: nn.Module, full_shapes: dict) -> dict:
-        named = _canonical_params(model)
+        named = synced_tensors(model)
         missing = sorted(set(full_shapes) ^ set(named))
         if missing:
             raise WeightSyncError(f"learner and rollout models hold different parameters: "

@@ -13,6 +13,7 @@ from titan_spec.formats.initial_load import model_args
 from titan_spec.models import build_model_from_args, get_model_spec
 from titan_spec.models.init import canonical_name
 from titan_spec.parallel.rollout_layout import build_rollout_model
+from titan_spec.parallel.weight_sync import synced_tensors
 
 from .queue import RolloutBatchMessage
 from .schedule import share_start_point, syncs_sent, weights_needed
@@ -108,7 +109,7 @@ class RolloutWorker:
         self.version, self.syncs = report.version, self.syncs + 1
         module = self.drafters.module
         if module is not None:
-            shapes = {n: tuple(p.shape) for n, p in module.named_parameters()}
+            shapes = {n: tuple(t.shape) for n, t in synced_tensors(module).items()}
             self.drafter_version = self.drafter_sync.receive(module, shapes).version
         self.time_waiting_for_weights += time.perf_counter() - wait_start
 
