@@ -14,10 +14,12 @@ already solves its task, so its reward curves are flat; a second part therefore 
 job (debug model, half-trained) from one SFT checkpoint with and without speculation and
 compares the rising reward curves.
 
-On this CPU a decode step of the 25M policy is bound by reading its weights only at a decode
-batch of 1-2 per rank (GPU decode of an 8B model stays weight-bound to far larger batches), so
-the default decodes one sequence per rank at a time: the regime where speculation pays, with a
-rollout share close to the published one. `--batch` changes it.
+On this CPU scoring a few positions costs about as much as one in a decode step of the 25M
+policy only at a decode batch of 1-2 per rank (per-operator overhead sets that cost here,
+bench.decode_bound; GPU decode of an 8B model keeps the property, there from reading the
+weights, to far larger batches), so the default decodes one sequence per rank at a time: the
+regime where speculation pays, with a rollout share close to the published one. `--batch`
+changes it.
 
 The policy is the rollout benchmark's trained 25M target (bench/rollout.py; its checkpoint and
 draft model are cached (--cache) and built on first use, about 12 minutes)."""
