@@ -14,6 +14,7 @@ import torch
 from titan_spec.models import build_model_from_args, get_model_spec
 
 from .description import args_of
+from .eagle3_hf import is_eagle3_folder
 from .hf import check_weights, global_shapes, hf_model_args, is_hf_folder
 from .hf_export import (
     HFWeightsWriter,
@@ -28,6 +29,12 @@ from .safetensors_stream import TORCH_DTYPES
 from .store import Checkpoint, ConversionError, Entry
 
 MODEL_NAME = "qwen3"  # the one family with an HF adapter
+
+
+_EAGLE3_NOT_CONVERTED = (
+    "{}: this tool does not convert an EAGLE-3 drafter to or from Hugging Face folders yet; a "
+    "run exports it in the public layout itself (checkpoint.last_save_in_hf), "
+    "drafter.init_from reads that layout, and the other formats carry its tensors as they are.")
 
 
 def drafter_folder(folder: Path) -> Path:
@@ -75,6 +82,8 @@ def read_hf(folder: Path) -> Checkpoint:
     checkpoint = Checkpoint("hf", folder, MODEL_NAME, args, entries=entries,
                             source_folder=folder)
     side = drafter_folder(folder)
+    if is_eagle3_folder(side):
+        raise ConversionError(_EAGLE3_NOT_CONVERTED.format(side))
     if (side / "drafter.json").is_file():
         checkpoint.drafter, heads = _head_entries(side)
         checkpoint.entries.update(heads)
@@ -133,6 +142,8 @@ def _write_drafter(checkpoint: Checkpoint, out: Path, dtype, max_shard_bytes: in
         _write_model(out, args, entries, dtype, None, checkpoint.source_folder,
                      max_shard_bytes)
         return
+    if drafter["kind"] == "eagle3":
+        raise ConversionError(_EAGLE3_NOT_CONVERTED.format(checkpoint.path))
     state = {name: entry.read() for name, entry in entries.items()}  # heads are small
     dtype_name = str(dtype or next(iter(state.values())).dtype).removeprefix("torch.")
     write_heads_into(out, state, drafter["kind"], dtype_name)
