@@ -19,3 +19,9 @@ def exact_sequence_probs(model, prompt, length, params, vocab):
     start = len(prompt) - 1
     picked = probs[:, start:start + length].gather(-1, seqs[:, len(prompt):].unsqueeze(-1))
     return picked.squeeze(-1).prod(dim=1), outcomes
+
+
+def outcome_samples(completions, outcomes) -> torch.Tensor:
+    """Each completion's index in `outcomes` (the enumeration of exact_sequence_probs)."""
+    index = {o: i for i, o in enumerate(outcomes)}
+    return torch.tensor([index[tuple(c.token_ids)] for c in completions])

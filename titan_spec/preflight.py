@@ -98,14 +98,15 @@ def _preflight_rl(cfg, dims, args) -> None:
 def _preflight_eagle3(drafter, args) -> None:
     """The head's feature layers and draft vocabulary against the policy, or a published
     head's config.json against it (formats/eagle3_hf.py names what does not fit)."""
+    from titan_spec.config.validate import parse_aux_layers
     from titan_spec.formats.eagle3_hf import head_spec, is_eagle3_folder
     from titan_spec.models.eagle3 import check_aux_layers
 
     if is_eagle3_folder(drafter.init_from):
         head_spec(drafter.init_from, args)
         return
-    if drafter.eagle3.aux_layers.strip():
-        layers = tuple(int(x) for x in drafter.eagle3.aux_layers.split(","))
+    layers = parse_aux_layers(drafter.eagle3.aux_layers)  # its form is checked with the config
+    if layers is not None:
         try:
             check_aux_layers(layers, args.n_layers)
         except ValueError as err:

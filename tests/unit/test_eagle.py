@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from tests.exact import PROMPTS, exact_sequence_probs
+from tests.exact import PROMPTS, exact_sequence_probs, outcome_samples
 from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.drafters import build_drafter
 from titan_spec.models import build_model
@@ -126,9 +126,7 @@ def test_sequence_distribution_is_exact(target, kind):
     engine = RolloutEngine(target, build_drafter(kind, target=target), num_draft_tokens=2,
                            max_batch_size=2000, max_seq_len=16, vocab_size=vocab)
     completions = engine.generate([prompt] * n, params)
-    index = {o: i for i, o in enumerate(outcomes)}
-    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
-    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+    assert chi_square_p_value(outcome_samples(completions, outcomes), exact) > P_VALUE_FLOOR
 
 
 def test_head_drafters_need_the_target():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from tests.exact import PROMPTS, exact_sequence_probs
+from tests.exact import PROMPTS, exact_sequence_probs, outcome_samples
 from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.drafters import build_drafter
 from titan_spec.drafters.ttt import ttt_outputs
@@ -206,7 +206,5 @@ def test_sequence_distribution_is_exact(target, verify):
     engine = RolloutEngine(target, drafter, num_draft_tokens=2, max_batch_size=2000,
                            max_seq_len=16, vocab_size=vocab, verify=verify)
     completions = engine.generate([prompt] * n, params)
-    index = {o: i for i, o in enumerate(outcomes)}
-    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
-    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+    assert chi_square_p_value(outcome_samples(completions, outcomes), exact) > P_VALUE_FLOOR
     assert engine.last_stats["accepted"] > 0

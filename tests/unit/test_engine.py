@@ -6,7 +6,7 @@ continuous batching, seeded determinism and behaviour logprobs."""
 import pytest
 import torch
 
-from tests.exact import PROMPTS, exact_sequence_probs
+from tests.exact import PROMPTS, exact_sequence_probs, outcome_samples
 from tests.stats import P_VALUE_FLOOR, chi_square_p_value
 from titan_spec.drafters import build_drafter
 from titan_spec.drafters.base import Drafter
@@ -81,9 +81,7 @@ def test_sequence_distribution_is_exact(target, drafters, name, verify, params_n
     engine = RolloutEngine(target, drafter, num_draft_tokens=2, max_batch_size=2000,
                            max_seq_len=16, vocab_size=vocab, verify=verify)
     completions = engine.generate([prompt] * n, params)
-    index = {o: i for i, o in enumerate(outcomes)}
-    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
-    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+    assert chi_square_p_value(outcome_samples(completions, outcomes), exact) > P_VALUE_FLOOR
 
 
 def test_stop_tokens_and_max_new_tokens(target, drafters):
@@ -187,9 +185,7 @@ def test_sequence_distribution_exact_with_group_siblings(target, drafters):
     engine = RolloutEngine(target, drafters["ngram"](), num_draft_tokens=2, max_batch_size=2000,
                            max_seq_len=16, vocab_size=vocab)
     completions = engine.generate([prompt] * n, params, group_ids=[i // 8 for i in range(n)])
-    index = {o: i for i, o in enumerate(outcomes)}
-    samples = torch.tensor([index[tuple(c.token_ids)] for c in completions])
-    assert chi_square_p_value(samples, exact) > P_VALUE_FLOOR
+    assert chi_square_p_value(outcome_samples(completions, outcomes), exact) > P_VALUE_FLOOR
     assert engine.last_stats["accepted"] > 0
 
 

@@ -178,8 +178,20 @@ def check_kind_tables(cfg, set_keys: dict[str, set[str]]) -> None:
                         f"or set {table}.{choice}={parts[1]}.")
 
 
-def aux_layers_valid(text: str) -> bool:
+def parse_aux_layers(text: str) -> tuple[int, ...] | None:
+    """'1,13,24' -> (1, 13, 24); '' -> None (the public recipe's layers); ValueError for
+    anything but three distinct comma-separated layer indices."""
     if not text.strip():
-        return True
+        return None
     parts = [p.strip() for p in text.split(",")]
-    return len(parts) == 3 and all(p.isdigit() for p in parts) and len(set(parts)) == 3
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or len(set(parts)) != 3:
+        raise ValueError(f"{text!r} is not three distinct comma-separated layer indices")
+    return tuple(int(p) for p in parts)
+
+
+def aux_layers_valid(text: str) -> bool:
+    try:
+        parse_aux_layers(text)
+    except ValueError:
+        return False
+    return True

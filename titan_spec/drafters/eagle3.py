@@ -10,18 +10,14 @@ from __future__ import annotations
 
 from titan_spec.rollout.sampling import process_logits
 
-from .eagle import HeadChainDrafter
+from .eagle import EagleDrafter
 
 
-class Eagle3Drafter(HeadChainDrafter):
+class Eagle3Drafter(EagleDrafter):
+    """EAGLE's one head applied autoregressively, reading fused features through `fc` and
+    drafting over the head's own vocabulary."""
+
     name = "eagle3"
-
-    def __init__(self, target, head):
-        super().__init__(target, [head])
-
-    @property
-    def head(self):
-        return self.heads[0]
 
     @property
     def target_hidden_layers(self) -> tuple[int, ...]:
@@ -33,8 +29,8 @@ class Eagle3Drafter(HeadChainDrafter):
 
     def _draft_probs(self, predicted, request):
         logits = self.head.draft_logits(predicted).float()
-        outside = self.head.target_ids() >= request.vocab_size
-        if outside.any():
-            logits = logits.masked_fill(outside, float("-inf"))
+        # Draft ids mapped past the sampled vocabulary (a padded target row) get no mass; no
+        # host check first, which would be a sync on every draft step.
+        logits = logits.masked_fill(self.head.target_ids() >= request.vocab_size, float("-inf"))
         probs = process_logits(logits, request.sampling)
         return self.head.to_target_vocab(probs, request.vocab_size)

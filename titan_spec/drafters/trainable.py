@@ -100,6 +100,7 @@ def build_trainable_drafter(kind: str, target, model_name: str = "qwen3", *, see
 
 
 def _eagle3_head(target_args, seed: int, device, cfg, spec):
+    from titan_spec.config.validate import parse_aux_layers
     from titan_spec.models.eagle3 import Eagle3Head, build_eagle3_head
     from titan_spec.models.init import materialize_and_init
 
@@ -107,7 +108,6 @@ def _eagle3_head(target_args, seed: int, device, cfg, spec):
         with torch.device("meta"):
             head = Eagle3Head(*spec)
         return materialize_and_init(head, torch.device(device), seed)
-    layers = tuple(int(x) for x in cfg.aux_layers.split(",")) \
-        if cfg is not None and cfg.aux_layers.strip() else None
+    layers = parse_aux_layers(cfg.aux_layers) if cfg is not None else None
     return build_eagle3_head(target_args, seed, device,
                              (cfg.draft_vocab_size or None) if cfg is not None else None, layers)

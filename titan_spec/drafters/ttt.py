@@ -16,7 +16,6 @@ import torch.nn.functional as F
 
 from titan_spec.data.sft import SFTDataSource
 from titan_spec.models.eagle3 import frequent_tokens, set_draft_vocab
-from titan_spec.models.qwen3.model import apply_rope
 
 from .distill import fit, soft_cross_entropy
 
@@ -26,14 +25,6 @@ def _shift_left(x: torch.Tensor, by: int) -> torch.Tensor:
     if by == 0:
         return x
     return torch.cat([x[:, by:], torch.zeros_like(x[:, :by])], dim=1)
-
-
-def _projections(attention, fused, cos, sin):
-    batch, seq, _ = fused.shape
-    split = lambda t: t.view(batch, seq, -1, attention.head_dim)  # noqa: E731
-    q = apply_rope(split(attention.wq(fused)), cos, sin)
-    k = apply_rope(split(attention.wk(fused)), cos, sin)
-    return q, k, split(attention.wv(fused))
 
 
 def chain_attention(q, keys: list, values: list) -> torch.Tensor:
@@ -66,7 +57,7 @@ def ttt_outputs(head, inputs, features, embed, steps: int) -> list[torch.Tensor]
         cos, sin = head.rope_cos[position], head.rope_sin[position]
         fused = torch.cat([block.input_norm(_shift_left(embeds, step)),
                            block.hidden_norm(hidden)], dim=-1)
-        q, k, v = _projections(block.attention, fused, cos, sin)
+        q, k, v = block.attention.project(fused, cos, sin)
         keys.append(k)
         values.append(v)
         x = hidden + block.attention.wo(chain_attention(q, keys, values))

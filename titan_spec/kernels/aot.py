@@ -61,8 +61,7 @@ def compile_all(arch: int = 90, warp_size: int = 32) -> dict[str, dict]:
         results[name] = {"cubin_bytes": len(compiled.asm["cubin"]),
                          "ptx_target": f"sm_{arch}" if f".target sm_{arch}" in ptx else "?",
                          "approximate_f64_division": "div.approx.f64" in ptx
-                         or "div.full.f64" in ptx,
-                         "ptx": ptx}
+                         or "div.full.f64" in ptx}
     return results
 
 

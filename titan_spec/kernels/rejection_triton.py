@@ -142,6 +142,18 @@ def block_accept_kernel(draft_ids_ptr, draft_probs_ptr, target_probs_ptr, reques
 
 
 @triton.jit
+def _running_argmax(best, best_id, scores, start):
+    """Fold one vocabulary block's scores into the running (max, first index of the max):
+    ties inside a block go left, and the strict '>' across blocks keeps the earlier block, so
+    the result is torch.argmax's first index among ties."""
+    block_best, block_id = tl.max(scores, axis=0, return_indices=True,
+                                  return_indices_tie_break_left=True)
+    better = block_best > best
+    return tl.where(better, block_best, best), tl.where(better, start + block_id.to(tl.int64),
+                                                         best_id)
+
+
+@triton.jit
 def resample_kernel(num_accepted_ptr, scale_ptr, draft_ids_ptr, draft_probs_ptr,
                     target_probs_ptr, request_ptr, position_ptr, seed, out_ptr, num_drafts,
                     vocab_size, HAS_DRAFT_PROBS: tl.constexpr, BLOCK: tl.constexpr):
@@ -173,19 +185,10 @@ def resample_kernel(num_accepted_ptr, scale_ptr, draft_ids_ptr, draft_probs_ptr,
         noise = _exponential(seed, offsets, request, position, _RESIDUAL)
         residual_score = tl.maximum(scale * target - draft, 0.0) / noise
         target_score = target / noise
-        residual_score = tl.where(in_vocab, residual_score, -1.0)
-        target_score = tl.where(in_vocab, target_score, -1.0)
-        # Strict '>' across blocks keeps the earliest index among ties, like torch.argmax.
-        block_best, block_id = tl.max(residual_score, axis=0, return_indices=True,
-                                      return_indices_tie_break_left=True)
-        better = block_best > best_residual
-        best_residual_id = tl.where(better, start + block_id.to(tl.int64), best_residual_id)
-        best_residual = tl.where(better, block_best, best_residual)
-        block_best, block_id = tl.max(target_score, axis=0, return_indices=True,
-                                      return_indices_tie_break_left=True)
-        better = block_best > best_target
-        best_target_id = tl.where(better, start + block_id.to(tl.int64), best_target_id)
-        best_target = tl.where(better, block_best, best_target)
+        best_residual, best_residual_id = _running_argmax(
+            best_residual, best_residual_id, tl.where(in_vocab, residual_score, -1.0), start)
+        best_target, best_target_id = _running_argmax(
+            best_target, best_target_id, tl.where(in_vocab, target_score, -1.0), start)
     token = tl.where(best_residual > 0, best_residual_id, best_target_id)
     tl.store(out_ptr + row * (num_drafts + 1) + accepted, token)
 
@@ -202,12 +205,7 @@ def sample_kernel(probs_ptr, request_ptr, position_ptr, seed, stream, out_ptr, v
         in_vocab = offsets < vocab_size
         probs = tl.load(probs_ptr + row * vocab_size + offsets, mask=in_vocab, other=0.0)
         score = probs.to(tl.float64) / _exponential(seed, offsets, request, position, stream)
-        score = tl.where(in_vocab, score, -1.0)
-        block_best, block_id = tl.max(score, axis=0, return_indices=True,
-                                      return_indices_tie_break_left=True)
-        better = block_best > best
-        best_id = tl.where(better, start + block_id.to(tl.int64), best_id)
-        best = tl.where(better, block_best, best)
+        best, best_id = _running_argmax(best, best_id, tl.where(in_vocab, score, -1.0), start)
     tl.store(out_ptr + row, best_id)
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .heads import OneBlockHead
 from .qwen3.args import Qwen3Args
-from .qwen3.model import Attention, FeedForward, RMSNorm, rope_tables
+from .qwen3.model import Attention, FeedForward, RMSNorm
 
 
 def default_aux_layers(n_layers: int) -> tuple[int, int, int]:
@@ -55,21 +56,18 @@ class Eagle3Block(nn.Module):
         return x + self.feed_forward(self.ffn_norm(x))
 
 
-class Eagle3Head(nn.Module):
+class Eagle3Head(OneBlockHead):
     def __init__(self, args: Qwen3Args, shape: Eagle3Shape):
-        super().__init__()
+        super().__init__(args)
         if len(shape.aux_layers) != 3:
             raise ValueError(f"EAGLE-3 fuses three target layers, got {shape.aux_layers}.")
-        self.args, self.shape = args, shape
+        self.shape = shape
         self.fc = nn.Linear(3 * shape.target_dim, args.dim, bias=False)
         self.block = Eagle3Block(args)
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.lm_head = nn.Linear(args.dim, shape.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(shape.draft_vocab_size, dtype=torch.long))
         self.register_buffer("t2d", torch.ones(args.vocab_size, dtype=torch.bool))
-        cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
 
     def project(self, features):
         """Target features [..., 3 x target_dim] -> the first draft's hidden input."""
@@ -106,22 +104,6 @@ class Eagle3Head(nn.Module):
         inside = ids < target_probs.shape[-1]  # a padded id of the target has no probability
         picked = target_probs[..., ids.clamp(max=target_probs.shape[-1] - 1)] * inside
         return picked / picked.sum(-1, keepdim=True).clamp(min=1e-30)
-
-    @property
-    def layers(self):  # KVCache.for_model sizing: one block
-        return {"0": self.block}
-
-    def init_std(self, name: str) -> float | None:
-        if name.endswith("norm.weight"):
-            return None
-        if name.endswith(("wo.weight", "w2.weight")):
-            return 0.02 / 2**0.5
-        return 0.02
-
-    def init_buffers(self, device) -> None:
-        cos, sin = rope_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta,
-                               device=device)
-        self.rope_cos, self.rope_sin = cos, sin
 
 
 def set_draft_vocab(head: Eagle3Head, target_ids: torch.Tensor) -> None:

@@ -15,27 +15,16 @@ from .qwen3.args import Qwen3Args
 from .qwen3.model import RMSNorm, TransformerBlock, rope_tables
 
 
-class DraftHead(nn.Module):
+class OneBlockHead(nn.Module):
+    """What every draft head shares: one decoder block `self.block` with its own RoPE tables,
+    sized for a KV cache of one layer, initialised like a one-layer model."""
+
     def __init__(self, args: Qwen3Args):
         super().__init__()
         self.args = args
-        self.hidden_norm = RMSNorm(args.dim, args.norm_eps)
-        self.embed_norm = RMSNorm(args.dim, args.norm_eps)
-        self.fc = nn.Linear(2 * args.dim, args.dim, bias=False)
-        self.block = TransformerBlock(args)
-        self.norm = RMSNorm(args.dim, args.norm_eps)
         cos, sin = rope_tables(args.head_dim, args.max_seq_len, args.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-
-    def forward(self, prev_hidden, token_embeds, positions, kv_cache=None):
-        """prev_hidden [B, T, dim] (h_{j-1}), token_embeds [B, T, dim] (x_j), positions [B, T]
-        -> predicted hidden [B, T, dim] (feed it to the target's output head)."""
-        fused = self.fc(torch.cat([self.hidden_norm(prev_hidden),
-                                   self.embed_norm(token_embeds)], dim=-1))
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        cache = kv_cache.layer(0) if kv_cache is not None else None
-        return self.norm(self.block(fused, cos, sin, positions, cache))
 
     @property
     def layers(self):  # KVCache.for_model sizing: one block
@@ -52,6 +41,25 @@ class DraftHead(nn.Module):
         cos, sin = rope_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta,
                                device=device)
         self.rope_cos, self.rope_sin = cos, sin
+
+
+class DraftHead(OneBlockHead):
+    def __init__(self, args: Qwen3Args):
+        super().__init__(args)
+        self.hidden_norm = RMSNorm(args.dim, args.norm_eps)
+        self.embed_norm = RMSNorm(args.dim, args.norm_eps)
+        self.fc = nn.Linear(2 * args.dim, args.dim, bias=False)
+        self.block = TransformerBlock(args)
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+
+    def forward(self, prev_hidden, token_embeds, positions, kv_cache=None):
+        """prev_hidden [B, T, dim] (h_{j-1}), token_embeds [B, T, dim] (x_j), positions [B, T]
+        -> predicted hidden [B, T, dim] (feed it to the target's output head)."""
+        fused = self.fc(torch.cat([self.hidden_norm(prev_hidden),
+                                   self.embed_norm(token_embeds)], dim=-1))
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        cache = kv_cache.layer(0) if kv_cache is not None else None
+        return self.norm(self.block(fused, cos, sin, positions, cache))
 
 
 def build_draft_head(target_args: Qwen3Args, seed: int = 0, device="cpu") -> DraftHead:

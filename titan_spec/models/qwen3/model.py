@@ -59,7 +59,8 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(args.head_dim, args.norm_eps)
         self.fp64 = args.attention_fp64
 
-    def forward(self, x, cos, sin, positions, cache=None):
+    def project(self, x, cos, sin):
+        """x [B, T, in_dim] -> q, k (normed, rotated) and v, each [B, T, heads, head_dim]."""
         batch, seq, _ = x.shape
         # Head counts come from the (possibly tensor-parallel, local) projection widths.
         q = self.wq(x).view(batch, seq, -1, self.head_dim)
@@ -67,7 +68,11 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         v = self.wv(x).view(batch, seq, -1, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def forward(self, x, cos, sin, positions, cache=None):
+        batch, seq, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
         mask = None
         if cache is not None:
             k, v, key_positions = cache.update(k, v, positions)  # [B, S, Hkv, D], [S]
