@@ -129,6 +129,24 @@ def _function_worker(rank, world_size, port, fn, args, out_file):
     exit_now(0)
 
 
+def build_learner(flavor: str, parallelism: dict, world_size: int, seed: int = 3):
+    """A parallelized Qwen3 learner (inside a run_function rank) -> (model, dims, spec)."""
+    from titan_spec.config.schema import Parallelism
+    from titan_spec.models import build_model, get_model_spec
+    from titan_spec.models.init import materialize_and_init
+    from titan_spec.parallel.parallel_dims import ParallelDims
+    from titan_spec.parallel.plans import parallelize
+
+    cfg = Parallelism(**parallelism)
+    dims = ParallelDims.from_config(cfg, world_size)
+    dims.build_meshes("cpu")
+    model = build_model("qwen3", flavor, device="meta")
+    spec = get_model_spec("qwen3")
+    parallelize("qwen3", model, dims, cfg, "cpu")
+    materialize_and_init(model, torch.device("cpu"), seed=seed)
+    return model, dims, spec
+
+
 def run_function(world_size: int, fn, tmp_path: Path, *args):
     """Run fn(rank, world_size, *args) on `world_size` spawned gloo ranks (fn must be a
     module-level function); return rank 0's result."""

@@ -5,26 +5,9 @@ learner is sharded again."""
 import pytest
 import torch
 
-from tests.helpers import run_function
+from tests.helpers import build_learner, run_function
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(300)]
-
-
-def _learner(flavor, parallelism, world_size):
-    from titan_spec.config.schema import Parallelism
-    from titan_spec.models import build_model, get_model_spec
-    from titan_spec.models.init import materialize_and_init
-    from titan_spec.parallel.parallel_dims import ParallelDims
-    from titan_spec.parallel.plans import parallelize
-
-    cfg = Parallelism(**parallelism)
-    dims = ParallelDims.from_config(cfg, world_size)
-    dims.build_meshes("cpu")
-    model = build_model("qwen3", flavor, device="meta")
-    spec = get_model_spec("qwen3")
-    parallelize("qwen3", model, dims, cfg, "cpu")
-    materialize_and_init(model, torch.device("cpu"), seed=3)
-    return model, dims, spec
 
 
 def _view_vs_plain(rank, world_size, flavor, parallelism):
@@ -33,7 +16,7 @@ def _view_vs_plain(rank, world_size, flavor, parallelism):
     from titan_spec.rollout.engine import RolloutEngine
     from titan_spec.rollout.sampling import SamplingParams
 
-    model, dims, spec = _learner(flavor, parallelism, world_size)
+    model, dims, spec = build_learner(flavor, parallelism, world_size)
     plain = build_model("qwen3", flavor, seed=3).eval()
     tokens = torch.randint(3, 60, (3, 12), generator=torch.Generator().manual_seed(0))
     prompts = [[1, 5, 9, 13], [1, 7], [1, 20, 21, 22, 23, 24]]

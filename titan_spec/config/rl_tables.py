@@ -132,6 +132,11 @@ class Rollout:
         32, "Sequences decoded at once on each rank (continuous batching slots); sets the KV "
         "cache size."
     )
+    vocab_parallel: bool = opt(
+        True, "Under tensor parallelism (parallelism.tp, async_rl.rollout_tp), each tp rank "
+        "computes and verifies only its share of the logit columns, reducing over tp (exact: "
+        "the same tokens as one rank); false: every tp rank computes the whole LM head."
+    )
 
 
 @dataclass

@@ -19,6 +19,7 @@ from titan_spec.formats.eagle3_hf import (
 )
 from titan_spec.formats.hf import hf_model_args, is_hf_folder, load_drafter_folder
 from titan_spec.formats.hf_export import DTYPES, export_hf, write_heads
+from titan_spec.kernels.vocab_shard import VocabShard
 from titan_spec.rollout.adaptive import AdaptiveK
 from titan_spec.rollout.engine import RolloutEngine
 
@@ -143,8 +144,10 @@ class DrafterRuntime:
         return {"phase": "drafter_warmup", "steps": steps, "kind": self.trainable.kind,
                 "time_s": time.perf_counter() - start}
 
-    def engine(self, target, prompts, rollout_cfg, vocab_size: int) -> RolloutEngine:
-        """A rollout engine over `target` (the verifier view, or a rollout replica)."""
+    def engine(self, target, prompts, rollout_cfg, vocab_size: int, dims=None) -> RolloutEngine:
+        """A rollout engine over `target` (the verifier view, or a rollout replica); with
+        tensor-parallel `dims` and rollout.vocab_parallel, it verifies this tp rank's
+        vocabulary shard."""
         if self.trainable is not None:
             self.trainable.bind(target)
         max_len = min(target.args.max_seq_len,
@@ -152,7 +155,8 @@ class DrafterRuntime:
         return RolloutEngine(target, self.drafter, num_draft_tokens=self.cfg.num_draft_tokens,
                              max_batch_size=rollout_cfg.max_batch_size, max_seq_len=max_len,
                              vocab_size=vocab_size, adaptive=self.adaptive_k,
-                             verify=self.cfg.verify)
+                             verify=self.cfg.verify,
+                             vocab_shard=vocab_shard(dims, vocab_size, rollout_cfg))
 
     def acceptance(self, accepted: list, drafted: list, warn: bool) -> tuple[list[float], bool]:
         """Per-position acceptance rates of a step, and whether the drafter has collapsed
@@ -162,3 +166,9 @@ class DrafterRuntime:
             rates, self.cfg.collapse_threshold, self.cfg.kind)
         return rates, bool(collapsed)
 
+
+def vocab_shard(dims, vocab_size: int, rollout_cfg) -> VocabShard | None:
+    """This tp rank's share of the vocabulary when verification is vocab-parallel."""
+    if dims is None or dims.tp == 1 or not rollout_cfg.vocab_parallel:
+        return None
+    return VocabShard.of_rank(vocab_size, dims.tp_rank(), dims.tp, dims.tp_group())

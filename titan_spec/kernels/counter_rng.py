@@ -67,11 +67,13 @@ def philox4x32(seed: int, c0, c1, c2, c3, rounds: int = 10):
     return c0, c1, c2, c3
 
 
-def _counters(keys: RandomKeys, elements: int, stream: int):
-    """Broadcast (element, request, position, stream) counters -> four [B, elements] arrays."""
+def _counters(keys: RandomKeys, elements: int, stream: int, first: int = 0):
+    """Broadcast (element, request, position, stream) counters -> four [B, elements] arrays,
+    elements first .. first + elements - 1."""
     batch = len(keys)
     as_u64 = lambda t: t.detach().cpu().numpy().astype(np.uint64) & _LOW32  # noqa: E731
-    element = np.broadcast_to(np.arange(elements, dtype=np.uint64), (batch, elements))
+    element = np.broadcast_to(np.arange(first, first + elements, dtype=np.uint64),
+                              (batch, elements))
     request = np.broadcast_to(as_u64(keys.request_ids)[:, None], (batch, elements))
     position = np.broadcast_to(as_u64(keys.positions)[:, None], (batch, elements))
     return element, request, position, np.full((batch, elements), stream, dtype=np.uint64)
@@ -86,11 +88,14 @@ def uniforms(keys: RandomKeys, count: int, stream: int = ACCEPT) -> torch.Tensor
     return torch.from_numpy(values).to(keys.device)
 
 
-def exponentials(keys: RandomKeys, count: int, stream: int) -> torch.Tensor:
-    """-> float64 [B, count] of Exp(1) draws, element e from word e % 4 of counter
-    (e // 4, request, position, stream)."""
-    words = philox4x32(keys.seed, *_counters(keys, -(-count // 4), stream))
-    interleaved = np.stack(words, axis=-1).reshape(len(keys), -1)[:, :count]
+def exponentials(keys: RandomKeys, count: int, stream: int, start: int = 0) -> torch.Tensor:
+    """-> float64 [B, count] of Exp(1) draws for elements start .. start + count - 1 (a
+    vocabulary shard's columns), element e from word e % 4 of counter (e // 4, request,
+    position, stream)."""
+    first, stop = start // 4, -(-(start + count) // 4)
+    words = philox4x32(keys.seed, *_counters(keys, stop - first, stream, first))
+    interleaved = np.stack(words, axis=-1).reshape(len(keys), -1)
+    interleaved = interleaved[:, start - 4 * first:start - 4 * first + count]
     values = -np.log((interleaved.astype(np.float64) + 0.5) * 2.0**-32)
     return torch.from_numpy(values).to(keys.device)
 

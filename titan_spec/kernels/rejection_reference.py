@@ -17,24 +17,28 @@ Two lossless rules choose how many drafts to keep (DESIGN.md):
 
 If all k drafts are kept, a bonus token is drawn from target_k. A categorical draw is the
 exponential race argmax(weights / noise), which needs no normalisation. The residual masses are
-summed in fixed point (2**-40) so that any summation order gives the same bits."""
+summed in fixed point (2**-40) so that any summation order gives the same bits.
+
+Every reduction along the vocabulary goes through a VocabShard (vocab_shard.py), so the same
+functions verify vocabulary-sharded rows under tensor parallelism, bit-equal to one rank."""
 
 from __future__ import annotations
 
 import torch
 
+from .vocab_shard import UNIT, VocabShard
+
 RULES = ("token", "block")
-MASS_SCALE = 2.0**40  # fixed-point unit of the block rule's residual mass
+MASS_SCALE = UNIT  # fixed-point unit of the block rule's residual mass
 
 
-def _probs_at_drafts(draft_token_ids, draft_probs, target_probs):
+def _probs_at_drafts(draft_token_ids, draft_probs, target_probs, shard):
     """-> (target(x_i), draft(x_i)) as float64 [B, k]; a deterministic drafter's draft is 1."""
     k = draft_token_ids.shape[1]
-    ids = draft_token_ids.unsqueeze(-1)
-    target_at_draft = target_probs[:, :k].gather(-1, ids).squeeze(-1).double()
+    target_at_draft = shard.at(target_probs[:, :k], draft_token_ids).double()
     if draft_probs is None:
         return target_at_draft, torch.ones_like(target_at_draft)
-    return target_at_draft, draft_probs.gather(-1, ids).squeeze(-1).double()
+    return target_at_draft, shard.at(draft_probs, draft_token_ids).double()
 
 
 def _ratios(target_at_draft, draft_at_draft):
@@ -43,31 +47,33 @@ def _ratios(target_at_draft, draft_at_draft):
                        torch.zeros_like(target_at_draft))
 
 
-def _draft_row(draft_token_ids, draft_probs, rows, index, like):
+def _draft_row(draft_token_ids, draft_probs, rows, index, like, shard):
     """Draft distribution [B, V] float64 at draft index `index` [B] (one-hot if deterministic)."""
     if draft_probs is None:
-        ids = draft_token_ids[rows, index].unsqueeze(-1)
-        return torch.zeros_like(like, dtype=torch.float64).scatter_(-1, ids, 1.0)
+        return shard.one_hot(draft_token_ids[rows, index], like.double())
     return draft_probs[rows, index].double()
 
 
-def token_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
+def token_acceptance(draft_token_ids, draft_probs, target_probs, uniforms, shard=None):
     """-> (accepted drafts per row [B] int64, residual scale [B] float64 = 1)."""
-    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs))
+    shard = shard or VocabShard.whole(target_probs.shape[-1])
+    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs, shard))
     accepted = (uniforms < ratios).int().cumprod(dim=1).sum(dim=1).long()
     return accepted, torch.ones(accepted.shape, dtype=torch.float64, device=accepted.device)
 
 
-def residual_mass(scale, target_row, draft_row):
+def residual_mass(scale, target_row, draft_row, shard=None):
     """sum_x max(0, scale * target(x) - draft(x)) per row, summed in fixed point."""
     terms = (scale.unsqueeze(-1) * target_row.double() - draft_row).clamp(min=0.0)
-    return (terms * MASS_SCALE).long().sum(dim=-1).double() / MASS_SCALE
+    units = (terms * MASS_SCALE).long().sum(dim=-1)
+    return (shard.total(units) if shard is not None else units).double() / MASS_SCALE
 
 
-def block_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
+def block_acceptance(draft_token_ids, draft_probs, target_probs, uniforms, shard=None):
     """-> (accepted drafts per row [B] int64, residual scale p_tau [B] float64)."""
+    shard = shard or VocabShard.whole(target_probs.shape[-1])
     batch, k = draft_token_ids.shape
-    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs))
+    ratios = _ratios(*_probs_at_drafts(draft_token_ids, draft_probs, target_probs, shard))
     rows = torch.arange(batch, device=target_probs.device)
     weight = torch.ones(batch, dtype=torch.float64, device=target_probs.device)
     accepted = torch.zeros(batch, dtype=torch.long, device=target_probs.device)
@@ -78,7 +84,7 @@ def block_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
             index = torch.full_like(rows, i + 1)
             mass = residual_mass(weight, target_probs[:, i + 1],
                                  _draft_row(draft_token_ids, draft_probs, rows, index,
-                                            target_probs[:, 0]))
+                                            target_probs[:, 0], shard), shard)
             denominator = mass + (1.0 - weight)
             threshold = torch.where(denominator > 0, mass / denominator, torch.ones_like(mass))
         else:
@@ -89,8 +95,10 @@ def block_acceptance(draft_token_ids, draft_probs, target_probs, uniforms):
     return accepted, scale
 
 
-def resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise):
+def resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise,
+             shard=None):
     """The token emitted after the kept prefix of each row: residual or bonus -> [B]."""
+    shard = shard or VocabShard.whole(target_probs.shape[-1])
     batch, k = draft_token_ids.shape
     rows = torch.arange(batch, device=target_probs.device)
     target_row = target_probs[rows, num_accepted].double()  # [B, V]
@@ -98,28 +106,28 @@ def resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, no
         draft_row = torch.zeros_like(target_row)
     else:
         draft_row = _draft_row(draft_token_ids, draft_probs, rows,
-                               num_accepted.clamp(max=k - 1), target_row)
+                               num_accepted.clamp(max=k - 1), target_row, shard)
     draft_row = torch.where((num_accepted == k).unsqueeze(-1), torch.zeros_like(draft_row),
                             draft_row)
     residual = (scale.unsqueeze(-1) * target_row - draft_row).clamp(min=0.0)
-    residual_score = residual / noise
-    target_score = target_row / noise
-    residual_ids = residual_score.argmax(dim=-1)  # argmax: first index among ties
-    best_residual = residual_score.gather(-1, residual_ids.unsqueeze(-1)).squeeze(-1)
-    return torch.where(best_residual > 0, residual_ids, target_score.argmax(dim=-1))
+    best_residual, residual_ids = shard.argmax(residual / noise)  # first index among ties
+    target_ids = shard.argmax(target_row / noise)[1]
+    return torch.where(best_residual > 0, residual_ids, target_ids)
 
 
 def rejection_sample_reference(draft_token_ids, draft_probs, target_probs, uniforms, noise,
-                               rule: str = "token"):
-    """-> [B, k+1]: kept drafts, then the residual/bonus token, then -1 padding."""
+                               rule: str = "token", shard: VocabShard | None = None):
+    """-> [B, k+1]: kept drafts, then the residual/bonus token, then -1 padding. With `shard`,
+    the probabilities and the noise hold that shard's columns (global ids in and out)."""
     batch, k = draft_token_ids.shape
     accept = {"token": token_acceptance, "block": block_acceptance}[rule]
-    num_accepted, scale = accept(draft_token_ids, draft_probs, target_probs, uniforms)
+    num_accepted, scale = accept(draft_token_ids, draft_probs, target_probs, uniforms, shard)
     out = torch.full((batch, k + 1), -1, dtype=torch.long, device=target_probs.device)
     positions = torch.arange(k + 1, device=target_probs.device).unsqueeze(0)
     padded_drafts = torch.cat([draft_token_ids, out[:, :1]], dim=1)
     out = torch.where(positions < num_accepted.unsqueeze(1), padded_drafts, out)
-    extra = resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise)
+    extra = resample(num_accepted, scale, draft_token_ids, draft_probs, target_probs, noise,
+                     shard)
     return out.scatter_(1, num_accepted.unsqueeze(1), extra.unsqueeze(1))
 
 

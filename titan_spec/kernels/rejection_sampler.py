@@ -14,6 +14,7 @@ import torch
 
 from .counter_rng import ACCEPT, RESIDUAL, RandomKeys, draw_keys, exponentials, uniforms
 from .rejection_reference import RULES, rejection_sample_reference, sample_reference
+from .vocab_shard import VocabShard
 
 
 def triton_available(device: torch.device) -> bool:
@@ -45,20 +46,26 @@ def rejection_sample(
     generator: torch.Generator | None = None,
     rule: str = "token",  # "token" or "block"
     keys: RandomKeys | None = None,  # the rows' random keys; drawn from `generator` if None
+    shard: VocabShard | None = None,  # the probabilities hold these columns (tensor parallel)
 ) -> torch.LongTensor:  # [B, k+1]: emitted tokens, then -1 padding
+    """With a sharded `shard`, draft_probs and target_probs hold that shard's vocabulary
+    columns and every tp rank gets the single-rank result (kernels/vocab_shard.py); that path
+    runs the PyTorch reference with noise from the CPU twin on every device."""
     _check(draft_token_ids, draft_probs, target_probs, rule)
     if keys is None:
         keys = draw_keys(draft_token_ids.shape[0], generator)
     keys = RandomKeys(keys.seed, keys.request_ids.to(target_probs.device),
                       keys.positions.to(target_probs.device))
-    if triton_available(target_probs.device):
+    sharded = shard is not None and not shard.is_whole
+    if triton_available(target_probs.device) and not sharded:
         from .rejection_triton import rejection_sample_triton
 
         return rejection_sample_triton(draft_token_ids, draft_probs, target_probs, keys, rule)
     acceptance_uniforms = uniforms(keys, draft_token_ids.shape[1], ACCEPT)
-    noise = exponentials(keys, target_probs.shape[-1], RESIDUAL)
+    start = shard.start if shard is not None else 0
+    noise = exponentials(keys, target_probs.shape[-1], RESIDUAL, start)
     return rejection_sample_reference(draft_token_ids, draft_probs, target_probs,
-                                      acceptance_uniforms, noise, rule)
+                                      acceptance_uniforms, noise, rule, shard)
 
 
 def sample(probs: torch.Tensor, keys: RandomKeys, stream: int) -> torch.LongTensor:

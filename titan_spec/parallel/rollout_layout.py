@@ -6,7 +6,8 @@ over tp (expert tensor parallelism), so that one rollout rank holds 1/tp of a la
 router stays whole, every rank routes identically, and the expert outputs are partial sums
 all-reduced over tp, one all-reduce per MoE layer. When tp exceeds the KV heads (Qwen3-235B has
 4), each KV head is held by tp / n_kv_heads ranks, the ones whose query heads read it. The
-embedding and output head are held whole, so logits come out whole for the sampler and drafter.
+embedding and output head are held whole (the EAGLE / MTP drafters read it); verification
+computes only this rank's rows of it (rollout.vocab_parallel).
 
 `rollout_slice` is the one rule for which part of a full parameter a rank holds: the weight
 sync cuts with it, the dry run sizes with it, and the tests check against it."""

@@ -10,7 +10,8 @@ view is dropped and the learner reshards, so training resumes on the sharded mod
 Under tensor parallelism the view stays tensor-parallel: each rank holds its local heads and
 SwiGLU columns, and the row-parallel projections all-reduce their outputs (one all-reduce per
 projection, as in training). The embedding and output head are gathered to full copies for the
-rollout phase so that logits come out whole and drafters can use them (a vocab x dim copy each).
+rollout phase: scoring and the EAGLE / MTP drafters read the whole head (a vocab x dim copy
+each), while verification computes only this rank's rows of it (rollout.vocab_parallel).
 Experts sharded by EP are gathered too (the rollout runs every expert locally)."""
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ class SyncRL:
         lr = learner.lr
         with learner.verifier(timer) as view:
             with timer.span("rollout"):
-                engine = self.drafters.engine(view, prompts.token_ids, self.rollout, vocab)
+                engine = self.drafters.engine(view, prompts.token_ids, self.rollout, vocab,
+                                              dims)
                 completions = engine.generate(prompts.token_ids, sampling, prompts.group_ids)
             count = len(completions)
             batch = self.data.to_batch(prompts.token_ids, completions,

@@ -11,6 +11,9 @@ Random numbers are counter-based, keyed by (seed, the prompt's index, tokens com
 stream): a request draws the same numbers alone or in any batch, and one iteration's numbers
 come from one call (or from inside the CUDA kernels).
 
+With vocab_shard (a tensor-parallel target), each tp rank computes and verifies only its
+columns of the logits, and every rank emits the single-rank tokens (kernels/vocab_shard.py).
+
 With drafter=None (or k=0) the same loop is the plain KV-cache sampler: the bonus draw from the
 target's processed distribution."""
 
@@ -26,6 +29,7 @@ import torch
 from titan_spec.kernels.counter_rng import RandomKeys
 from titan_spec.kernels.rejection_reference import RULES
 from titan_spec.kernels.rejection_sampler import rejection_sample
+from titan_spec.kernels.vocab_shard import VocabShard
 
 from .adaptive import AdaptiveK
 from .context_buckets import NUM_BUCKETS, context_bucket
@@ -60,7 +64,8 @@ class _Sequence:
 class RolloutEngine:
     def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
                  max_seq_len: int = 512, vocab_size: int | None = None,
-                 adaptive: "bool | AdaptiveK" = False, verify: str = "token"):
+                 adaptive: "bool | AdaptiveK" = False, verify: str = "token",
+                 vocab_shard: VocabShard | None = None):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
         if max_seq_len > model.args.max_seq_len:
@@ -79,6 +84,13 @@ class RolloutEngine:
         else:
             self.adaptive_k = AdaptiveK(self.num_draft_tokens) if adaptive and drafter else None
         self.device = model.rope_cos.device
+        # Vocabulary-parallel verification (tensor-parallel targets): this rank computes and
+        # verifies only its shard's logit columns (kernels/vocab_shard.py).
+        self.vocab_shard = vocab_shard or VocabShard.whole(self.vocab_size)
+        self.output_head = None
+        if not self.vocab_shard.is_whole:
+            rows = model.output.weight[self.vocab_shard.start:self.vocab_shard.stop]
+            self.output_head = lambda hidden: torch.nn.functional.linear(hidden, rows)
         # EAGLE-style drafters read the target's final hidden states (EAGLE-3: the outputs of
         # three layers side by side), kept per slot and position.
         self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))
@@ -191,9 +203,10 @@ class RolloutEngine:
         """Target forward on the cache; keeps final hidden states when a drafter reads them."""
         view = self.cache.view(slots, attend_len)
         if not self.needs_hidden:
-            return self.model(tokens, positions, kv_cache=view)
+            return self.model(tokens, positions, kv_cache=view, output_head=self.output_head)
         logits, hidden = self.model(tokens, positions, kv_cache=view, return_hidden=True,
-                                    hidden_layers=self.hidden_layers)
+                                    hidden_layers=self.hidden_layers,
+                                    output_head=self.output_head)
         self.hidden[view.slots.unsqueeze(1), positions] = hidden.to(self.hidden.dtype)
         return logits
 
@@ -227,12 +240,13 @@ class RolloutEngine:
         positions = (lengths - 1).unsqueeze(1) + torch.arange(k + 1, device=self.device)
         logits = self._forward(inputs, positions, active,
                                max(len(s.tokens) for s in sequences) + k)
-        target_probs = process_logits(logits[..., : self.vocab_size], sampling)  # [B, k+1, V]
-        if draft_probs is not None:
-            draft_probs = draft_probs[..., : self.vocab_size]
+        shard = self.vocab_shard
+        target_probs = process_logits(logits[..., : shard.size], sampling, shard=shard)
+        if draft_probs is not None:  # [B, k, V] -> this shard's columns
+            draft_probs = draft_probs[..., shard.start:shard.stop]
         emitted = rejection_sample(draft_ids, draft_probs, target_probs, rule=self.verify,
-                                   keys=keys)
-        logprobs = target_probs.gather(-1, emitted.clamp(min=0).unsqueeze(-1)).squeeze(-1).log()
+                                   keys=keys, shard=shard)
+        logprobs = shard.at(target_probs, emitted.clamp(min=0)).log()
         emitted_rows, logprob_rows = emitted.tolist(), logprobs.tolist()  # the one host sync
         t2 = time.perf_counter()
         stats["time_draft_s"] += t1 - t0

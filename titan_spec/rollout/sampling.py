@@ -8,6 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
+from titan_spec.kernels.vocab_shard import UNIT, VocabShard, to_units
+
+# The float32 bit pattern just above 1.0: no processed weight (<= 1) reaches it.
+_ABOVE_ONE = int(torch.tensor(1.0).view(torch.int32)) + 1
+_BISECTIONS = _ABOVE_ONE.bit_length()  # halvings of [0, _ABOVE_ONE) down to one pattern
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -34,32 +40,59 @@ class SamplingParams:
 
 
 def process_logits(logits: torch.Tensor, sampling: SamplingParams,
-                   vocab_size: int | None = None) -> torch.Tensor:
+                   vocab_size: int | None = None, shard: VocabShard | None = None) -> torch.Tensor:
     """logits [..., V] -> float32 probabilities [..., V] after the sampling transform.
-    Ids >= vocab_size (a model's padded vocabulary rows) get probability 0."""
-    logits = logits.float()
-    if vocab_size is not None and vocab_size < logits.shape[-1]:
-        logits = logits.clone()
-        logits[..., vocab_size:] = float("-inf")
-    if sampling.greedy:
-        greedy_ids = logits.argmax(dim=-1, keepdim=True)
-        return torch.zeros_like(logits).scatter_(-1, greedy_ids, 1.0)
-    logits = logits / sampling.temperature
-    if sampling.top_k and sampling.top_k < logits.shape[-1]:
-        kth = logits.topk(sampling.top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if sampling.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p: a token stays if the mass
-        # before it is still below top_p.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        drop_sorted = mass_before >= sampling.top_p
-        drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-    return probs
+    Ids >= vocab_size (a model's padded vocabulary rows) get probability 0. With `shard`, the
+    logits hold that shard's columns only and the result is the same columns of the
+    single-rank result, bit for bit (kernels/vocab_shard.py).
 
+    probs = e / S with e = exp(scaled - max) (0 outside the top-k / top-p support) and S the sum
+    of e in fixed point (2**-40), so that no summation order changes a bit."""
+    shard = shard or VocabShard.whole(logits.shape[-1])
+    logits = logits.float()
+    if vocab_size is not None and vocab_size < shard.stop:
+        logits = logits.masked_fill(shard.column_ids(logits.device) >= vocab_size, float("-inf"))
+    if sampling.greedy:
+        return shard.one_hot(shard.argmax(logits)[1], logits)
+    scaled = logits / sampling.temperature
+    if sampling.top_k and (sampling.top_k < logits.shape[-1] or not shard.is_whole):
+        kth = shard.kth_largest(scaled, sampling.top_k)
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    row_max = shard.maximum(scaled.amax(dim=-1, keepdim=True))
+    weights = torch.exp(scaled - row_max)
+    units = to_units(weights)
+    if sampling.top_p < 1.0:
+        kept = weights >= top_p_threshold(weights, units, sampling.top_p, shard)
+        weights, units = weights * kept, units * kept
+    normaliser = shard.total(units.sum(dim=-1, keepdim=True)).double() / UNIT
+    return weights / normaliser.float()
+
+
+def top_p_threshold(weights, units, top_p: float, shard: VocabShard) -> torch.Tensor:
+    """The smallest weight kept by top-p [..., 1]: that of the first token, in descending
+    order, where the mass reaches top_p. Every token of that weight or more stays (ties at the
+    boundary stay together), so the support does not depend on an order among equal weights.
+
+    One rank sorts. Sharded, a rank cannot sort the row, so the threshold is found by bisection
+    on the float32 bit pattern of the weight (non-negative floats order as their bits): the mass
+    at or above a candidate is one integer all-reduce, and ~30 halvings of [0, 1] find the
+    largest candidate whose mass still reaches top_p, which is the same weight."""
+    total = shard.total(units.sum(dim=-1, keepdim=True))
+    needed = torch.ceil(total.double() * top_p).long()
+    if shard.is_whole:
+        sorted_weights, order = weights.sort(dim=-1, descending=True)
+        reached = units.gather(-1, order).cumsum(dim=-1) >= needed
+        first = reached.int().argmax(dim=-1, keepdim=True)
+        return sorted_weights.gather(-1, first)
+    low = torch.zeros_like(needed, dtype=torch.int32)  # mass at or above weight 0: all of it
+    high = torch.full_like(low, _ABOVE_ONE)  # no weight reaches it
+    for _ in range(_BISECTIONS):  # the same count on every rank: no host sync
+        middle = (low + high) // 2
+        candidate = middle.view(torch.float32)
+        mass = shard.total((units * (weights >= candidate)).sum(dim=-1, keepdim=True))
+        reaches = mass >= needed
+        low, high = torch.where(reaches, middle, low), torch.where(reaches, high, middle)
+    return low.view(torch.float32)
 
 
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, sampling: SamplingParams,

@@ -132,11 +132,12 @@ class Qwen3Model(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     def forward(self, tokens, positions=None, kv_cache=None, return_hidden: bool = False,
-                hidden_layers: tuple[int, ...] | None = None):
+                hidden_layers: tuple[int, ...] | None = None, output_head=None):
         """tokens [B, T]; positions [B, T] absolute (default 0..T-1); kv_cache: per-layer caches
         (rollout/kv_cache.py). Returns logits [B, T, V], and with return_hidden the final
         hidden states [B, T, dim], or with hidden_layers the outputs of those layers side by
-        side [B, T, len(hidden_layers) * dim] (EAGLE-3's features)."""
+        side [B, T, len(hidden_layers) * dim] (EAGLE-3's features). output_head: a callable
+        from final hidden states to logits used instead of `output` (e.g. some of its rows)."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device).expand_as(tokens)
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
@@ -148,7 +149,7 @@ class Qwen3Model(nn.Module):
             if hidden_layers and int(name) in hidden_layers:
                 kept[int(name)] = h
         h = self.norm(h)
-        logits = self.output(h)
+        logits = (output_head or self.output)(h)
         if not return_hidden:
             return logits
         if hidden_layers:

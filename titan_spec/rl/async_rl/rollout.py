@@ -93,7 +93,7 @@ class RolloutWorker:
         self.batch_updates, self.time_inflight = 0, 0.0
         hook = self._between_iterations if self.async_cfg.inflight_weight_updates else None
         engine = self.drafters.engine(self.model, prompts.token_ids, self.rollout,
-                                      self.vocab_size)
+                                      self.vocab_size, self.dims)
         completions = engine.generate(prompts.token_ids, sampling, prompts.group_ids, hook)
         rewards = self.data.rewards(prompts.problems, completions)
         stats = dict(engine.last_stats, weight_updates_in_batch=self.batch_updates,
