@@ -10,7 +10,8 @@ within every repeat and reported as the median tokens/s of the repeats:
   `generate(prompt_lookup_num_tokens=k)` (both batch 1 only in transformers);
 - ours_plain: RolloutEngine without a drafter; ours_draft_model / ours_ngram: with the same
   draft model / the n-gram drafter, k draft tokens; ours_draft_model_long_k: the draft model
-  at k = 16 (transformers' assisted generation drafts up to 20+ tokens while they are accepted).
+  at k = 16; ours_draft_model_dynamic: the draft model as transformers' assistant defaults
+  (up to 20 tokens, each sequence's draft stopping below draft probability 0.4).
 At batch 1 and 8, temperature 1 (the full distribution: top_k=0 and top_p=1 for HF) and greedy.
 Then (bench/peers_grpo.py, when trl is installed: the `bench` extra) TRL's GRPOTrainer against
 our sync GRPO, plain and speculative, on the same weights: seconds per step and reward."""
@@ -32,6 +33,8 @@ from titan_spec.formats.hf import load_hf_model
 
 log = logging.getLogger("bench.peers")
 LONG_K = 16
+# transformers' assistant defaults: num_assistant_tokens=20, assistant_confidence_threshold=0.4
+DYNAMIC_K, DYNAMIC_CONFIDENCE = 20, 0.4
 TOKENIZER = CharTokenizer()
 
 
@@ -69,12 +72,14 @@ def hf_generate(model, prompts, batch: int, temperature: float, max_new: int, **
 
 
 def ours_generate(target, drafter, prompts, batch: int, temperature: float, max_new: int,
-                  k: int, seed: int) -> int:
+                  k: int, seed: int, confidence: float = 0.0) -> int:
     from titan_spec.rollout import RolloutEngine, SamplingParams
+    from titan_spec.rollout.draft_length import DraftLengths
 
     engine = RolloutEngine(target, drafter, num_draft_tokens=k if drafter else 0,
                            max_batch_size=batch, max_seq_len=128,
-                           vocab_size=TOKENIZER.vocab_size)
+                           vocab_size=TOKENIZER.vocab_size,
+                           draft_lengths=DraftLengths(confidence=confidence))
     params = SamplingParams(temperature=temperature, max_new_tokens=max_new,
                             stop_token_ids=TOKENIZER.stop_ids, seed=seed)
     stops = set(TOKENIZER.stop_ids)  # counted as for HF above: tokens before EOS
@@ -96,6 +101,9 @@ def arms(hf_target, hf_draft, target, draft, batch: int, k: int, seed: int) -> d
         # (num_assistant_tokens, heuristic schedule); the same draft at a long k for comparison
         "ours_draft_model_long_k": lambda p, t, n: ours_generate(
             target, build_drafter("draft_model", model=draft), p, batch, t, n, LONG_K, seed),
+        "ours_draft_model_dynamic": lambda p, t, n: ours_generate(
+            target, build_drafter("draft_model", model=draft), p, batch, t, n, DYNAMIC_K, seed,
+            DYNAMIC_CONFIDENCE),
     }
     if batch == 1:  # transformers runs both for one sequence at a time only
         table["hf_assisted"] = lambda p, t, n: hf_generate(hf_target, p, 1, t, n,
@@ -127,6 +135,8 @@ def ratios(row: dict) -> dict:
             "ours_draft_model / hf_assisted": ratio("ours_draft_model", "hf_assisted"),
             f"ours_draft_model_k{LONG_K} / hf_assisted": ratio("ours_draft_model_long_k",
                                                              "hf_assisted"),
+            "ours_draft_model_dynamic / hf_assisted": ratio("ours_draft_model_dynamic",
+                                                            "hf_assisted"),
             "ours_ngram / hf_prompt_lookup": ratio("ours_ngram", "hf_prompt_lookup"),
             "ours_draft_model / hf_plain": ratio("ours_draft_model", "hf_plain")}
 

@@ -185,6 +185,18 @@ class Drafter:
         False, "Choose k in [0, num_draft_tokens] each iteration from measured costs and "
         "acceptance (tp=1 only: ranks would choose differently)."
     )
+    schedule: str = opt(
+        "constant", "Draft length per sequence: constant (every sequence drafts the "
+        "iteration's k) or heuristic (each sequence's own budget: +2 after a draft accepted "
+        "whole, -1 after a rejection, between 1 and num_draft_tokens, starting at "
+        "num_draft_tokens; transformers' assistant schedule). Lossless either way.",
+        choices=("constant", "heuristic"),
+    )
+    confidence_threshold: float = opt(
+        0.0, "Stop a sequence's draft after a drafted token whose draft probability is below "
+        "this (draft_model, eagle, eagle3, mtp; transformers' assistant uses 0.4); 0 drafts "
+        "every position. Lossless: the draft length is part of the draft."
+    )
     distill_steps: int = opt(
         200, "Distillation steps of the drafter on the task after SFT, before RL (skipped "
         "when the checkpoint already holds a drafter, or with init_from); also the steps of "

@@ -119,6 +119,8 @@ def _drafter(cfg) -> None:
     _check(d.lr > 0, "drafter.lr", "must be > 0.")
     _check(d.max_grad_norm >= 0, "drafter.max_grad_norm", "must be >= 0 (0 disables).")
     _check(0 <= d.collapse_threshold < 1, "drafter.collapse_threshold", "must be in [0, 1).")
+    _check(0 <= d.confidence_threshold < 1, "drafter.confidence_threshold",
+           "must be in [0, 1) (0: draft every position).")
     _check(d.mtp.num_heads >= 1, "drafter.mtp.num_heads", "must be >= 1.")
     _check(d.eagle3.ttt_steps >= 1, "drafter.eagle3.ttt_steps", "must be >= 1 (1: no TTT).")
     _check(d.eagle3.draft_vocab_size >= 0, "drafter.eagle3.draft_vocab_size",

@@ -8,6 +8,7 @@ import torch
 
 from titan_spec.kernels.counter_rng import DRAFT
 from titan_spec.kernels.rejection_sampler import sample
+from titan_spec.rollout.draft_length import keep_drafting
 from titan_spec.rollout.draft_request import DraftRequest  # noqa: F401  (the protocol's input)
 from titan_spec.rollout.kv_cache import KVCache, prefill_batch
 
@@ -100,3 +101,27 @@ def gather_tokens(sequences: list[list[int]], positions: torch.Tensor) -> torch.
 def sample_rows(probs: torch.Tensor, request: DraftRequest, step: int) -> torch.Tensor:
     """Draft step `step`'s draw for every row of probs [B, V], from the rows' own keys."""
     return sample(probs, request.keys, DRAFT + step)
+
+
+def draft_autoregressive(request: DraftRequest, state, probs_of, advance):
+    """The drafting loop of the autoregressive drafters: at step i, probs_of(state) -> the
+    draft distribution [B, V], a draw from it, then advance(state, token, i) -> the next state.
+    Rows past their limit or below the confidence threshold get zero rows from there on, and
+    the loop ends when no row drafts on (rollout/draft_length.py) -> (ids [B, n], probs
+    [B, n, V]), n <= k."""
+    limits = request.limit_tensor() if request.per_row else None
+    active = limits > 0 if limits is not None else None
+    draft_ids, draft_probs = [], []
+    for i in range(request.k):
+        probs = probs_of(state)
+        token = sample_rows(probs, request, i)
+        draft_ids.append(token)
+        if active is None:
+            draft_probs.append(probs)
+        else:
+            draft_probs.append(probs * active.unsqueeze(-1))
+            active = keep_drafting(active, i, limits, probs, token, request.confidence)
+        if i + 1 == request.k or (active is not None and not bool(active.any())):
+            break  # the stop check reads the device once per draft step (per-row mode only)
+        state = advance(state, token, i)
+    return torch.stack(draft_ids, dim=1), torch.stack(draft_probs, dim=1)

@@ -10,7 +10,7 @@ import torch
 
 from titan_spec.rollout.sampling import process_logits
 
-from .base import CachedDrafter, DraftRequest, gather_tokens, sample_rows
+from .base import CachedDrafter, DraftRequest, draft_autoregressive, gather_tokens
 
 
 class DraftModelDrafter(CachedDrafter):
@@ -31,13 +31,11 @@ class DraftModelDrafter(CachedDrafter):
         attend_len = max(len(s) for s in request.sequences) + request.k
         tokens = gather_tokens(request.sequences, positions)
         logits = self._feed(tokens, positions, request.slots, attend_len)[:, -1]
-        draft_ids, draft_probs = [], []
-        for i in range(request.k):
-            probs = process_logits(logits, request.sampling, request.vocab_size)
-            token = sample_rows(probs, request, i)
-            draft_ids.append(token)
-            draft_probs.append(probs)
-            if i + 1 < request.k:
-                logits = self._feed(token.unsqueeze(1), (lengths + i).unsqueeze(1),
-                                    request.slots, attend_len)[:, -1]
-        return torch.stack(draft_ids, dim=1), torch.stack(draft_probs, dim=1)
+
+        def advance(_, token, i):
+            return self._feed(token.unsqueeze(1), (lengths + i).unsqueeze(1), request.slots,
+                              attend_len)[:, -1]
+
+        return draft_autoregressive(
+            request, logits,
+            lambda logits: process_logits(logits, request.sampling, request.vocab_size), advance)

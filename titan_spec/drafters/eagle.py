@@ -18,7 +18,7 @@ import torch
 from titan_spec.rollout.kv_cache import KVCache, prefill_batch
 from titan_spec.rollout.sampling import process_logits
 
-from .base import CatchUp, Drafter, DraftRequest, gather_tokens, sample_rows
+from .base import CatchUp, Drafter, DraftRequest, draft_autoregressive, gather_tokens
 
 
 class HeadChainDrafter(Drafter):
@@ -90,18 +90,16 @@ class HeadChainDrafter(Drafter):
         attend_len = max(len(s) for s in request.sequences) + request.k
         predicted = self._feed_all(tokens, positions, request.slots, attend_len,
                                    request.extras["hidden"])[:, -1:]
-        draft_ids, draft_probs = [], []
-        for i in range(request.k):
-            probs = self._draft_probs(predicted[:, -1], request)
-            token = sample_rows(probs, request, i)
-            draft_ids.append(token)
-            draft_probs.append(probs)
-            if i + 1 < request.k:
-                index = min(i + 1, len(self.heads) - 1)
-                view = self.caches[index].view(list(request.slots), attend_len)
-                predicted = self.heads[index](predicted, self._embed(token.unsqueeze(1)),
-                                              (lengths + i).unsqueeze(1), view)
-        return torch.stack(draft_ids, dim=1), torch.stack(draft_probs, dim=1)
+
+        def advance(predicted, token, i):
+            index = min(i + 1, len(self.heads) - 1)
+            view = self.caches[index].view(list(request.slots), attend_len)
+            return self.heads[index](predicted, self._embed(token.unsqueeze(1)),
+                                     (lengths + i).unsqueeze(1), view)
+
+        return draft_autoregressive(
+            request, predicted, lambda predicted: self._draft_probs(predicted[:, -1], request),
+            advance)
 
 
 class EagleDrafter(HeadChainDrafter):

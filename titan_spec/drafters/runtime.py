@@ -21,6 +21,7 @@ from titan_spec.formats.hf import hf_model_args, is_hf_folder, load_drafter_fold
 from titan_spec.formats.hf_export import DTYPES, export_hf, write_heads
 from titan_spec.kernels.vocab_shard import VocabShard
 from titan_spec.rollout.adaptive import AdaptiveK
+from titan_spec.rollout.draft_length import DraftLengths
 from titan_spec.rollout.engine import RolloutEngine
 
 from . import build_drafter
@@ -156,7 +157,9 @@ class DrafterRuntime:
                              max_batch_size=rollout_cfg.max_batch_size, max_seq_len=max_len,
                              vocab_size=vocab_size, adaptive=self.adaptive_k,
                              verify=self.cfg.verify,
-                             vocab_shard=vocab_shard(dims, vocab_size, rollout_cfg))
+                             vocab_shard=vocab_shard(dims, vocab_size, rollout_cfg),
+                             draft_lengths=DraftLengths(self.cfg.schedule,
+                                                        self.cfg.confidence_threshold))
 
     def acceptance(self, accepted: list, drafted: list, warn: bool) -> tuple[list[float], bool]:
         """Per-position acceptance rates of a step, and whether the drafter has collapsed

@@ -87,7 +87,8 @@ class AdaptiveK:
         return k
 
     def observe(self, batch_size: int, k: int, draft_s: float, verify_s: float,
-                emitted_rows: list[list[int]]) -> None:
+                emitted_rows: list[list[int]], drafted: list[int] | None = None) -> None:
+        """drafted: each row's draft length when sequences draft fewer than k."""
         key = (self.bucket(batch_size), k)
         elapsed = draft_s + verify_s
         old = self.step_time.get(key)
@@ -96,8 +97,9 @@ class AdaptiveK:
         for position in range(k):
             self.accepted[position] *= self.decay
             self.drafted[position] *= self.decay
-        for row in emitted_rows:
+        for index, row in enumerate(emitted_rows):
             accepted = next((i for i, t in enumerate(row) if t < 0), k + 1) - 1
-            for position in range(min(k, accepted + 1)):
+            length = drafted[index] if drafted is not None else k
+            for position in range(min(length, accepted + 1)):
                 self.drafted[position] += 1
                 self.accepted[position] += float(position < accepted)

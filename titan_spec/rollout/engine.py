@@ -32,8 +32,9 @@ from titan_spec.kernels.rejection_sampler import rejection_sample
 from titan_spec.kernels.vocab_shard import VocabShard
 
 from .adaptive import AdaptiveK
-from .context_buckets import NUM_BUCKETS, context_bucket
+from .draft_length import DraftLengths, drafted_lengths
 from .draft_request import DraftRequest
+from .engine_stats import count_verify, finish_stats, new_stats
 from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
 
@@ -52,6 +53,7 @@ class _Sequence:
     prompt_len: int
     group_id: object
     request_id: int  # its key in the counter-based random streams
+    draft_budget: int = 0  # the most it drafts next iteration (per-sequence schedule)
     logprobs: list[float] = field(default_factory=list)
     stats: dict = field(default_factory=lambda: {"drafted": 0, "accepted": 0, "verify_steps": 0})
     finish_reason: str | None = None
@@ -65,7 +67,8 @@ class RolloutEngine:
     def __init__(self, model, drafter=None, num_draft_tokens: int = 4, max_batch_size: int = 8,
                  max_seq_len: int = 512, vocab_size: int | None = None,
                  adaptive: "bool | AdaptiveK" = False, verify: str = "token",
-                 vocab_shard: VocabShard | None = None):
+                 vocab_shard: VocabShard | None = None,
+                 draft_lengths: DraftLengths | None = None):
         if num_draft_tokens < 0:
             raise ValueError(f"num_draft_tokens={num_draft_tokens} must be >= 0.")
         if max_seq_len > model.args.max_seq_len:
@@ -76,6 +79,8 @@ class RolloutEngine:
         self.model, self.drafter, self.verify = model, drafter, verify
         self.num_draft_tokens = num_draft_tokens if drafter is not None else 0
         self.max_batch_size, self.max_seq_len = max_batch_size, max_seq_len
+        # Draft length per sequence (rollout/draft_length.py); constant: the iteration's k.
+        self.draft_lengths = draft_lengths or DraftLengths()
         self.vocab_size = vocab_size or model.args.vocab_size
         # Adaptive: choose k in [0, num_draft_tokens] per iteration (rollout/adaptive.py); an
         # AdaptiveK instance carries its measurements over from earlier engines.
@@ -126,13 +131,7 @@ class RolloutEngine:
                                       dtype=dtype, device=self.device)
         if self.drafter is not None:
             self.drafter.start(self.max_batch_size, self.max_seq_len, self.device)
-        stats = {"iterations": 0, "sequence_steps": 0, "tokens": 0, "drafted": 0, "accepted": 0,
-                 "accepted_per_position": [0] * self.num_draft_tokens,
-                 "drafted_per_position": [0] * self.num_draft_tokens,
-                 "accepted_per_context": [0] * NUM_BUCKETS,
-                 "drafted_per_context": [0] * NUM_BUCKETS,
-                 "kv_cache_bytes": self.cache.nbytes(), "time_draft_s": 0.0,
-                 "time_verify_s": 0.0}
+        stats = new_stats(self.num_draft_tokens, self.cache.nbytes())
         start = time.perf_counter()
         try:
             while queue or any(slots):
@@ -152,11 +151,7 @@ class RolloutEngine:
             if self.drafter is not None:
                 self.drafter.stop()
             self.cache = self.hidden = None
-        stats["time_s"] = time.perf_counter() - start
-        stats["tokens_per_s"] = stats["tokens"] / max(stats["time_s"], 1e-9)
-        # Tokens emitted per sequence per verify step (1.0 without speculation).
-        stats["acceptance_length"] = stats["tokens"] / max(stats["sequence_steps"], 1)
-        self.last_stats = stats
+        self.last_stats = finish_stats(stats, time.perf_counter() - start)
         return results
 
     # ---------------------------------------------------------------- internals
@@ -182,7 +177,8 @@ class RolloutEngine:
             index = queue.popleft()
             prompt = list(prompts[index])
             group = group_ids[index] if group_ids is not None else None
-            slots[slot] = _Sequence(index, prompt, len(prompt), group, request_ids[index])
+            slots[slot] = _Sequence(index, prompt, len(prompt), group, request_ids[index],
+                                    draft_budget=self.num_draft_tokens)
             new_slots.append(slot)
             new_prompts.append(prompt)
         if new_slots:
@@ -213,6 +209,8 @@ class RolloutEngine:
     def _choose_k(self, sequences: list[_Sequence]) -> int:
         adaptive = self.adaptive_k
         k = self.num_draft_tokens if adaptive is None else adaptive.choose(len(sequences))
+        if self.draft_lengths.schedule != "constant":
+            k = min(k, max(s.draft_budget for s in sequences))
         room = min(self.max_seq_len - len(s.tokens) for s in sequences)
         return max(0, min(k, room))
 
@@ -223,7 +221,10 @@ class RolloutEngine:
             slots=active, sequences=[s.tokens for s in sequences],
             group_ids=[s.group_id for s in sequences], k=k, sampling=sampling,
             keys=keys, vocab_size=self.vocab_size,
-            device=self.device, extras={"hidden": self.hidden})
+            device=self.device, extras={"hidden": self.hidden},
+            limits=([min(k, s.draft_budget) for s in sequences]
+                    if self.draft_lengths.schedule != "constant" else None),
+            confidence=self.draft_lengths.confidence)
         return self.drafter.propose(request)
 
     def _step(self, active, slots, sampling, base_seed, stats):
@@ -233,6 +234,9 @@ class RolloutEngine:
                              [len(s.tokens) for s in sequences], self.device)
         t0 = time.perf_counter()
         draft_ids, draft_probs = self._draft(active, sequences, k, sampling, keys)
+        k = draft_ids.shape[1]  # every row may have stopped early
+        drafted = (drafted_lengths(draft_ids, draft_probs).tolist()
+                   if self.draft_lengths.per_sequence else [k] * len(sequences))
         t1 = time.perf_counter()
         lengths = torch.tensor([len(s.tokens) for s in sequences], device=self.device)
         last = torch.tensor([s.tokens[-1] for s in sequences], device=self.device)
@@ -253,25 +257,21 @@ class RolloutEngine:
         stats["time_verify_s"] += t2 - t1
         stats["iterations"] += 1
         stats["sequence_steps"] += len(sequences)
-        for seq, tokens, token_logprobs in zip(sequences, emitted_rows, logprob_rows,
-                                               strict=True):
-            self._commit(seq, tokens, token_logprobs, k, sampling, stats)
+        for seq, tokens, token_logprobs, length in zip(sequences, emitted_rows, logprob_rows,
+                                                       drafted, strict=True):
+            self._commit(seq, tokens, token_logprobs, length, sampling, stats)
         if self.adaptive_k is not None:
-            self.adaptive_k.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows)
+            self.adaptive_k.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows, drafted)
 
-    def _commit(self, seq, tokens, token_logprobs, k, sampling, stats):
-        num_accepted = next((i for i, t in enumerate(tokens) if t < 0), k + 1) - 1
-        bucket = context_bucket(len(seq.tokens))
-        stats["drafted_per_context"][bucket] += k
-        stats["accepted_per_context"][bucket] += num_accepted
-        seq.stats["drafted"] += k
+    def _commit(self, seq, tokens, token_logprobs, drafted, sampling, stats):
+        """drafted: this row's draft length (<= the iteration's k)."""
+        num_accepted = next((i for i, t in enumerate(tokens) if t < 0), len(tokens)) - 1
+        seq.draft_budget = self.draft_lengths.next_budget(seq.draft_budget, drafted,
+                                                          num_accepted, self.num_draft_tokens)
+        count_verify(stats, len(seq.tokens), drafted, num_accepted)
+        seq.stats["drafted"] += drafted
         seq.stats["accepted"] += num_accepted
         seq.stats["verify_steps"] += 1
-        stats["drafted"] += k
-        stats["accepted"] += num_accepted
-        for pos in range(k):
-            stats["drafted_per_position"][pos] += 1
-            stats["accepted_per_position"][pos] += int(pos < num_accepted)
         for token, logprob in zip(tokens, token_logprobs, strict=True):
             if token < 0:
                 break
