@@ -73,3 +73,26 @@ def test_adaptive_engine_is_still_exact_under_greedy():
     spec = engine.generate(prompts, params)
     assert [c.token_ids for c in spec] == [c.token_ids for c in plain]
     assert set(engine.adaptive_k.chosen) >= {0, 3}  # explored, then chose
+    # Measured against plain: iterations after the first k = 0 probe are timed against it.
+    stats = engine.last_stats
+    assert 0 < stats["compared_s"] <= stats["time_s"]
+    assert stats["plain_equivalent_s"] > 0
+
+
+def test_speedup_against_plain_counts_tokens_at_the_probed_cost():
+    from titan_spec.rl.summary import summary_table
+    from titan_spec.rollout.engine_stats import count_against_plain, new_stats
+
+    stats = new_stats(4, 0)
+    count_against_plain(stats, None, 4, 12, 0.5)  # no probe yet at this batch size: skipped
+    count_against_plain(stats, 0.1, 4, 12, 0.2)  # 3 tokens per sequence: 0.3 s of plain
+    count_against_plain(stats, 0.1, 2, 2, 0.1)  # a k = 0 iteration: as fast as plain
+    assert stats["plain_equivalent_s"] == pytest.approx(0.4)
+    assert stats["compared_s"] == pytest.approx(0.3)
+    record = {"reward_mean": 0.5, "acceptance_length": 2.0, "acceptance_rate_per_position": [],
+              "rollout_tokens_per_s": 1.0, "logprob_mismatch_max": 0.0, "policy_version": 1,
+              "drafter_version": 1, "step_time_s": 1.0,
+              "rollout_plain_equivalent_s": 0.4, "rollout_compared_s": 0.3}
+    assert "1.33x (measured" in summary_table([record], None, None)
+    record["rollout_compared_s"] = 0.0
+    assert "drafter.adaptive = true" in summary_table([record], None, None)

@@ -74,7 +74,7 @@ def test_impossible_value():
 def test_draft_length_options_are_checked():
     with pytest.raises(ConfigError, match="constant, heuristic"):
         load_config(None, ["--drafter.schedule=dynamic"])
-    with pytest.raises(ConfigError, match=r"\[drafter\]\.confidence_threshold: must be in \[0, 1\)"):
+    with pytest.raises(ConfigError, match=r"\[drafter\]\.confidence_threshold: must be in"):
         load_config(None, ["--drafter.confidence_threshold=1.5"])
     cfg = load_config(None, ["--drafter.schedule=heuristic", "--drafter.confidence_threshold=0.4"])
     assert (cfg.drafter.schedule, cfg.drafter.confidence_threshold) == ("heuristic", 0.4)

@@ -57,6 +57,9 @@ class Schedule:
     def observe(self, *args):
         pass
 
+    def plain_time(self, batch_size):
+        return None  # nothing measured: no speed-up accounting
+
 
 def _check_drafts(drafter, depth: int, reference) -> list:
     """Wrap drafter.propose: draft distribution `depth` of every row must equal

@@ -40,6 +40,10 @@ class RolloutStats:
     drafted_per_context: list
     time_generate_s: float  # the slowest generator's
     kv_cache_bytes: int
+    # Iterations timed against adaptive k's k = 0 probes: plain decoding's time for their
+    # tokens, and their own time (rollout/engine_stats.py).
+    plain_equivalent_s: float = 0.0
+    compared_s: float = 0.0
     rollout_side: dict = field(default_factory=dict)  # async: the rollout ranks' own figures
 
     @classmethod
@@ -49,14 +53,16 @@ class RolloutStats:
         lists = {key: engine_stats[key] for key in _COUNT_LISTS}
         sums = dp_sum(dims, [len(lengths), float(rewards.sum()), float((rewards >= 1).sum()),
                              sum(lengths), engine_stats["tokens"], engine_stats["sequence_steps"]]
-                      + [x for values in lists.values() for x in values], device)
+                      + [x for values in lists.values() for x in values]
+                      + [engine_stats["plain_equivalent_s"], engine_stats["compared_s"]], device)
         (slowest,) = dp_max(dims, [time_generate_s], device)
         summed, offset = {}, 6
         for key, values in lists.items():
             summed[key] = sums[offset:offset + len(values)]
             offset += len(values)
         return cls(*sums[:6], **summed, time_generate_s=slowest,
-                   kv_cache_bytes=engine_stats["kv_cache_bytes"])
+                   kv_cache_bytes=engine_stats["kv_cache_bytes"],
+                   plain_equivalent_s=sums[-2], compared_s=sums[-1])
 
     @classmethod
     def from_messages(cls, messages) -> "RolloutStats":
@@ -73,6 +79,8 @@ class RolloutStats:
                for key in _COUNT_LISTS},
             time_generate_s=max(s["time_generate_s"] for s in stats),
             kv_cache_bytes=stats[0]["kv_cache_bytes"],
+            plain_equivalent_s=sum(s["plain_equivalent_s"] for s in stats),
+            compared_s=sum(s["compared_s"] for s in stats),
             rollout_side={
                 "rollout_side_generate_s": max(s["time_generate_s"] for s in stats),
                 # Idle (and receiving) before the batch: waiting for the learner's weights.
@@ -97,6 +105,11 @@ class RolloutStats:
                                                            self.drafted_per_context),
             "drafter_kind": drafters.cfg.kind,
             "kv_cache_bytes": self.kv_cache_bytes, **self.rollout_side,
+            # Measured against plain decoding by adaptive k's k = 0 probes (None without them).
+            "rollout_speedup_vs_plain": self.plain_equivalent_s / self.compared_s
+            if self.compared_s > 0 else None,
+            "rollout_plain_equivalent_s": self.plain_equivalent_s,
+            "rollout_compared_s": self.compared_s,
         }
 
 

@@ -82,6 +82,10 @@ class AdaptiveK:
                 return self._record(neighbour)
         return self._record(best)
 
+    def plain_time(self, batch_size: int) -> float | None:
+        """The measured time of a k = 0 (plain decoding) iteration at this batch size."""
+        return self.step_time.get((self.bucket(batch_size), 0))
+
     def _record(self, k: int) -> int:
         self.chosen.append(k)
         return k

@@ -34,7 +34,7 @@ from titan_spec.kernels.vocab_shard import VocabShard
 from .adaptive import AdaptiveK
 from .draft_length import DraftLengths, drafted_lengths
 from .draft_request import DraftRequest
-from .engine_stats import count_verify, finish_stats, new_stats
+from .engine_stats import count_against_plain, count_verify, finish_stats, new_stats
 from .kv_cache import KVCache, prefill_batch
 from .sampling import SamplingParams, process_logits
 
@@ -257,10 +257,13 @@ class RolloutEngine:
         stats["time_verify_s"] += t2 - t1
         stats["iterations"] += 1
         stats["sequence_steps"] += len(sequences)
+        tokens_before = stats["tokens"]
         for seq, tokens, token_logprobs, length in zip(sequences, emitted_rows, logprob_rows,
                                                        drafted, strict=True):
             self._commit(seq, tokens, token_logprobs, length, sampling, stats)
         if self.adaptive_k is not None:
+            count_against_plain(stats, self.adaptive_k.plain_time(len(sequences)),
+                                len(sequences), stats["tokens"] - tokens_before, t2 - t0)
             self.adaptive_k.observe(len(sequences), k, t1 - t0, t2 - t1, emitted_rows, drafted)
 
     def _commit(self, seq, tokens, token_logprobs, drafted, sampling, stats):
