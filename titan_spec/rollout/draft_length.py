@@ -31,12 +31,17 @@ class DraftLengths:
             raise ValueError(f"confidence threshold {self.confidence} must be in [0, 1).")
 
     @property
+    def budgeted(self) -> bool:
+        """Each sequence drafts at most its own budget."""
+        return self.schedule != "constant"
+
+    @property
     def per_sequence(self) -> bool:
-        return self.schedule != "constant" or self.confidence > 0
+        return self.budgeted or self.confidence > 0
 
     def next_budget(self, budget: int, drafted: int, accepted: int, ceiling: int) -> int:
         """A sequence's budget after a verify step that kept `accepted` of its `drafted`."""
-        if self.schedule == "constant" or drafted == 0:
+        if not self.budgeted or drafted == 0:
             return budget
         return min(ceiling, budget + 2) if accepted == drafted else max(1, budget - 1)
 

@@ -209,7 +209,7 @@ class RolloutEngine:
     def _choose_k(self, sequences: list[_Sequence]) -> int:
         adaptive = self.adaptive_k
         k = self.num_draft_tokens if adaptive is None else adaptive.choose(len(sequences))
-        if self.draft_lengths.schedule != "constant":
+        if self.draft_lengths.budgeted:
             k = min(k, max(s.draft_budget for s in sequences))
         room = min(self.max_seq_len - len(s.tokens) for s in sequences)
         return max(0, min(k, room))
@@ -223,7 +223,7 @@ class RolloutEngine:
             keys=keys, vocab_size=self.vocab_size,
             device=self.device, extras={"hidden": self.hidden},
             limits=([min(k, s.draft_budget) for s in sequences]
-                    if self.draft_lengths.schedule != "constant" else None),
+                    if self.draft_lengths.budgeted else None),
             confidence=self.draft_lengths.confidence)
         return self.drafter.propose(request)
 
