@@ -32,5 +32,6 @@ case "$rc" in
     4) exit 1 ;;
     *) exit "$rc" ;;
 esac
-exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
-    --no-python "$HERE/run_train.sh" "$@"
+# torchrun with SIGUSR1 forwarded, the preemption grace period, one line per failure, and
+# exit status 0 done / 75 preempted (rerun to resume) / 1 failed (titan_spec/launch.py).
+exec "$PYTHON" -m titan_spec.launch --nproc "$NPROC" -- "$@"

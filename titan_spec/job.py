@@ -7,14 +7,17 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from titan_spec.components import run_status, stop_signal
 from titan_spec.components.checkpoint import CheckpointManager, find_resume_point
+from titan_spec.components.job_state import JobState
 from titan_spec.components.lr_scheduler import refresh_after_load
 from titan_spec.components.metrics import MetricsLogger
+from titan_spec.components.run_lock import RunLock
 from titan_spec.config import to_toml
 from titan_spec.data.sft import SFTDataSource
 from titan_spec.data.tokenizer import build_tokenizer
@@ -42,27 +45,10 @@ from titan_spec.sft import sft_step
 log = logging.getLogger("titan_spec")
 
 
-@dataclass
-class JobState:
-    """Everything about where the job is that a checkpoint must carry, besides the weights."""
-
-    step: int = 0
-    policy_version: int = 0  # optimizer updates of the RL phase
-    drafter_version: int = 0  # online drafter updates since the warm start
-    drafter_warm: bool = False  # warm-started (or loaded from drafter.init_from)
-    rl_start: int | None = None  # the step RL began at: the KL reference is the policy there
-
-    def restore(self, saved: dict, loaded_extra: list[str]) -> None:
-        known = {f.name for f in fields(self)}
-        for key, value in saved.items():
-            if key in known and (key not in ("drafter_warm", "drafter_version")
-                                 or "drafter" in loaded_extra):
-                setattr(self, key, value)
-
-
 def build_rank(cfg):
     """-> (env, the role this rank plays: a LearnerJob or a RolloutWorker)."""
-    env = setup_distributed(cfg.training)
+    env = setup_distributed(cfg.training, cfg.comm.timeout_s)
+    run_status.set_rank(env.rank, cfg.job.dump_folder)
     dims = preflight(cfg, env.world_size)
     layout = build_async_layout(cfg, env) if cfg.async_rl.rollout_ranks else None
     if layout is not None:
@@ -75,12 +61,20 @@ def build_rank(cfg):
     rl_data = RLData(task, tokenizer, cfg.rl, cfg.rollout, cfg.job.seed, env.device)
     if layout is not None and not layout.learner_dims.contains(env.rank):
         return env, RolloutWorker.build(cfg, env, layout, rl_data)
-    return env, LearnerJob(cfg, env, dims, layout, tokenizer, task, rl_data)
+    # Held before anything in the folder is read or written; LearnerJob.close() releases it.
+    lock = RunLock(cfg.job.dump_folder, cfg.job.name).acquire() if env.is_main else None
+    try:
+        return env, LearnerJob(cfg, env, dims, layout, tokenizer, task, rl_data, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
 
 
 class LearnerJob:
-    def __init__(self, cfg, env, dims, layout, tokenizer, task, rl_data):
+    def __init__(self, cfg, env, dims, layout, tokenizer, task, rl_data, lock=None):
         self.cfg, self.env, self.dims, self.layout = cfg, env, dims, layout
+        self.lock = lock
         self.tokenizer, self.task = tokenizer, task
         self.group = layout.learner_group if layout is not None else None
         # A run that will resume need not read its initial weights first.
@@ -108,10 +102,12 @@ class LearnerJob:
         if layout is not None:  # the rollout ranks learn where the run resumes
             share_start_point(self.state.step, self.state.policy_version)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
-                                     env.is_main, resumed=resumed)
+                                     env.is_main, self.state.step if resumed else None)
+        self.saved_step = self.state.step if resumed else None
         self.last_eval: dict | None = None
         self.rl = self._rl_driver(rl_data)
         if env.is_main:
+            run_status.write_status("running", step=self.state.step)
             os.makedirs(cfg.job.dump_folder, exist_ok=True)
             with open(os.path.join(cfg.job.dump_folder, "config.toml"), "w") as f:
                 f.write(to_toml(cfg))
@@ -156,7 +152,10 @@ class LearnerJob:
         if state.step < total:
             self._run_rl(total)
         if cfg.checkpoint.last_save_in_hf:
+            run_status.set_phase("export")
             self.export_hf()
+        if self.env.is_main:
+            run_status.write_status("done", step=state.step)
 
     def _run_sft(self) -> None:
         cfg, state = self.cfg, self.state
@@ -164,9 +163,11 @@ class LearnerJob:
             self._evaluate(cfg.sft.eval_problems)
         while state.step < cfg.sft.steps:
             state.step += 1
+            run_status.set_phase("sft", state.step)
             self.metrics.log(sft_step(self.learner, self.sft_data, state.step,
                                       self.tokenizer.pad_id))
             self.maybe_save(cfg.sft.steps)
+            self._stop_if_asked(cfg.sft.steps + cfg.rl.steps)
         if cfg.sft.eval_problems:
             self._evaluate(cfg.sft.eval_problems)
 
@@ -175,17 +176,27 @@ class LearnerJob:
         self._warm_start_drafter()
         fresh = self.last_eval is not None and self.last_eval["step"] == state.step \
             and self.last_eval["num_problems"] == count
-        before = None if not count else self.last_eval if fresh else self._evaluate(count)
         if state.rl_start is None:
             state.rl_start = state.step
+        # Resumed mid-RL: the steps and the evaluation before them come from metrics.jsonl,
+        # so the summary covers the whole RL phase as an uninterrupted run's does.
+        earlier = [r for r in self.metrics.records() if state.rl_start <= r["step"]]
+        before = None if not count else self.last_eval if fresh else \
+            self._evaluate(count) if state.rl_start == state.step else next(
+                (r for r in earlier if r["phase"] == "eval" and r["step"] == state.rl_start),
+                None)
         self._freeze_reference()
-        start, first_step, records = time.perf_counter(), state.step, []
+        start, first_step = time.perf_counter(), state.step
+        records = [r for r in earlier if r["phase"] == "rl"]
         self.rl.begin()
         while state.step < total:
             state.step += 1
+            run_status.set_phase("rl", state.step)
             records.append(self.rl.step(state.step))
             self.metrics.log(records[-1])
             self.maybe_save(total)
+            self._stop_if_asked(total)
+        run_status.set_phase("rl end")
         # Wall time of the RL loop, including what no step record holds (the first weight sync).
         self.metrics.log({"step": state.step, "phase": "rl_total", "steps": state.step - first_step,
                           "wall_s": time.perf_counter() - start})
@@ -196,6 +207,7 @@ class LearnerJob:
 
     def _evaluate(self, count: int) -> dict:
         cfg = self.cfg
+        run_status.set_phase("eval", self.state.step)
         self.last_eval = evaluate(self.learner, self.task, self.tokenizer, count, cfg.job.seed,
                                   cfg.training.seq_len, self.state.step, group=self.group)
         self.metrics.log(self.last_eval)
@@ -231,10 +243,27 @@ class LearnerJob:
         if ckpt.enable and (step % ckpt.interval == 0 or step == last_step):
             self.save()
 
-    def save(self) -> None:
+    def save(self) -> Path:
         # Before RL starts the reference holds nothing: leave it out of the checkpoint.
         skip = () if self.reference_ready else ("reference",)
-        self.checkpoint.save(self.state.step, asdict(self.state), skip=skip)
+        path = self.checkpoint.save(self.state.step, asdict(self.state), skip=skip)
+        self.saved_step = self.state.step
+        return path
+
+    def _stop_if_asked(self, last_step: int) -> None:
+        """Preemption: when any learner rank got SIGTERM / SIGUSR1, all of them stop after this
+        step, with its checkpoint (the save is skipped when this step's is already written).
+        The last step ends the run anyway: its evaluation and summary are not put off."""
+        if self.state.step >= last_step or not stop_signal.agreed(self.env.device, self.group):
+            return
+        run_status.set_phase("preemption save", self.state.step)
+        path = None
+        if self.cfg.checkpoint.enable:
+            path = self.checkpoint.folder / f"step-{self.state.step}"
+            if self.saved_step != self.state.step:
+                path = self.save()
+        raise stop_signal.Preempted(stop_signal.received() or "a peer rank's signal",
+                                    self.state.step, str(path) if path else None)
 
     def export_hf(self) -> None:
         """The policy (and a learnable drafter) as Hugging Face folders next to the
@@ -253,3 +282,5 @@ class LearnerJob:
 
     def close(self) -> None:
         self.metrics.close()
+        if self.lock is not None:
+            self.lock.release()

@@ -5,10 +5,13 @@ rank through these functions, so the tear-down workaround below exists once."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,8 +28,34 @@ class Env:
         return self.rank == 0
 
 
-def setup_distributed(training_cfg) -> Env:
-    """Init the default process group from torchrun's env vars (NCCL on CUDA, gloo on CPU)."""
+PR_SET_PDEATHSIG = 1
+_TIMEOUT: dict = {"pg": None}
+
+
+def new_group(ranks: list[int]):
+    """A process group over `ranks` with the job's collective timeout (new_group's own
+    default is the backend's, 30 minutes for gloo)."""
+    return dist.new_group(ranks, timeout=_TIMEOUT["pg"])
+
+
+def die_with_parent() -> None:
+    """Under a launcher (torchrun's agent is the parent), end this rank when the launcher dies,
+    however it dies: torchrun puts each worker in its own session, so without this a kill -9
+    of the launcher leaves the ranks training on, headless, writing the dump folder."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def setup_distributed(training_cfg, timeout_s: float | None = None) -> Env:
+    """Init the default process group from torchrun's env vars (NCCL on CUDA, gloo on CPU).
+    timeout_s: the longest wait of a collective (comm.timeout_s) before it fails."""
+    die_with_parent()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     use_cuda = training_cfg.device == "cuda" or (
@@ -40,7 +69,9 @@ def setup_distributed(training_cfg) -> Env:
         device = torch.device("cpu")
         torch.set_num_threads(training_cfg.threads_per_rank)
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo",
+        timeout = timedelta(seconds=timeout_s) if timeout_s else None
+        _TIMEOUT["pg"] = timeout
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout,
                                 device_id=device if use_cuda else None)
     return Env(rank, world_size, device)
 

@@ -39,7 +39,10 @@ def _plan_only(cfg, args) -> int | None:
             return 3 if fits else 4
         return 0 if fits else 1
     if args.preflight:
+        from titan_spec.components.run_lock import check_free
+
         preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
+        check_free(cfg.job.dump_folder)  # before any worker starts, not in each worker
         return 0
     return None
 
@@ -58,23 +61,46 @@ def main(argv: list[str] | None = None) -> int:
         code = _plan_only(cfg, args)
         if code is not None:
             return code
-        from titan_spec.job import build_rank
-
-        env, role = build_rank(cfg)
     except ValueError as err:  # ConfigError, bad layout, bad checkpoint: the user's to fix
         kind = "config error" if isinstance(err, ConfigError) else "error"
         print(f"titan-spec: {kind}: {err}", file=sys.stderr)
         return 2
+    return _train(cfg)
+
+
+def _train(cfg) -> int:
+    """Build this rank's role and run it. Every way out of a multi-rank run ends the process
+    here without interpreter teardown, and a failed rank never waits in a collective."""
+    from titan_spec.components import run_status, stop_signal
+    from titan_spec.job import build_rank
     from titan_spec.runtime import close_distributed, exit_now
 
+    stop_signal.install()
+    multi_rank = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    finish = exit_now if multi_rank else (lambda code: code)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        env, role = build_rank(cfg)
+    except BaseException as err:  # noqa: BLE001 - every error is reported, once
+        run_status.report_failure(err, rank)
+        return finish(2 if isinstance(err, ValueError) else 1)
     try:
         role.run()
-    finally:
+    except stop_signal.Preempted as stopped:
         role.close()
-        close_distributed()
-    if env.world_size > 1:
-        exit_now(0)
-    return 0
+        if env.is_main:
+            run_status.write_status("preempted", step=stopped.step, signal=stopped.signal_name,
+                                    checkpoint=stopped.checkpoint)
+            print(f"titan-spec: {stopped}", file=sys.stderr, flush=True)
+        if cfg.async_rl.rollout_ranks == 0:  # the rollout ranks of async RL are not waiting
+            close_distributed()
+        return finish(stop_signal.PREEMPTED_EXIT)
+    except BaseException as err:  # noqa: BLE001
+        run_status.report_failure(err, env.rank)
+        return finish(1)
+    role.close()
+    close_distributed()
+    return finish(0)
 
 
 if __name__ == "__main__":

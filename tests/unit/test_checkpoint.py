@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -76,3 +77,51 @@ def test_mismatched_model_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="model.name/flavor"):
         _run(tmp_path, "--model.flavor=debug_moe", "--sft.steps=3")
     assert os.path.isdir(tmp_path / "checkpoint" / "step-2")  # nothing lost
+
+
+def test_damaged_manifest_is_skipped_like_any_damage(tmp_path):
+    _run(tmp_path, "--sft.steps=4", "--checkpoint.interval=2")
+    manifest = tmp_path / "checkpoint" / "step-4" / "manifest.json"
+    manifest.write_text(manifest.read_text()[:40])  # torn mid-write
+    with pytest.raises(CheckpointError, match="manifest.json is unreadable"):
+        verify(manifest.parent)
+    assert _run(tmp_path, "--sft.steps=5")["steps"] == [3, 4, 5]
+
+
+def test_every_checkpoint_damaged_refuses_to_start_over(tmp_path):
+    _run(tmp_path, "--sft.steps=4", "--checkpoint.interval=2")
+    for step in (2, 4):
+        (tmp_path / "checkpoint" / f"step-{step}" / "manifest.json").write_text("{")
+    with pytest.raises(CheckpointError, match=r"every checkpoint .* damaged \(step-2, step-4\)"
+                                              r".*--checkpoint.resume=false"):
+        _run(tmp_path, "--sft.steps=5")
+    assert [s for s, _ in list_checkpoints(tmp_path / "checkpoint")] == [2, 4]  # kept
+    assert _run(tmp_path, "--sft.steps=1", "--checkpoint.resume=false")["steps"] == [1]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 16 MiB tmpfs: one checkpoint of the debug model fits, a second does not."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_save_keeps_the_newest_checkpoint_and_no_partial_folder(small_filesystem):
+    folder = small_filesystem / "run"
+    with pytest.raises(CheckpointError) as failed:
+        _run(folder, "--sft.steps=6", "--checkpoint.interval=2", "--checkpoint.keep_latest_k=0")
+    message = str(failed.value)
+    assert "could not save checkpoint step-4" in message and "step-2, is kept" in message
+    assert "No space left on device" in message or "MiB were free" in message
+    assert "\n" not in message
+    names = sorted(p.name for p in (folder / "checkpoint").iterdir())
+    assert names == ["step-2"]  # no step-4.tmp left to keep the disk full
+    verify(folder / "checkpoint" / "step-2")

@@ -60,7 +60,11 @@ def verify(folder: Path) -> None:
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(f"{folder} has no {MANIFEST}: the save never completed.")
-    files = json.loads(manifest.read_text())["files"]
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint {folder}: {MANIFEST} is unreadable ({err}); the "
+                              "folder is damaged.") from None
     for rel, expected in files.items():
         path = folder / rel
         if not path.is_file():
@@ -83,6 +87,12 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def _cause(err: BaseException) -> str:
+    """The last line of an error: DCP wraps each rank's traceback in its exception text."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(err)
+
+
 def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -99,12 +109,28 @@ def find_resume_point(cfg, folder: Path) -> Path | None:
         return path
     if not (cfg.enable and cfg.resume):
         return None
-    for _, path in reversed(list_checkpoints(folder)):
+    found = list_checkpoints(folder)
+    for _, path in reversed(found):
         try:
             verify(path)
             return path
         except CheckpointError as err:
             log.warning("skipping damaged checkpoint (%s); trying an older one", err)
+    if found:  # starting over would overwrite them with the same step numbers
+        raise CheckpointError(
+            f"every checkpoint in {folder} is damaged ({', '.join(p.name for _, p in found)}); "
+            "nothing to resume from. Restore one, or start over with "
+            "--checkpoint.resume=false (saves of the same steps then replace those folders).")
+    return None
+
+
+def newest_valid(folder: Path) -> Path | None:
+    for _, path in reversed(list_checkpoints(folder)):
+        try:
+            verify(path)
+            return path
+        except CheckpointError:
+            continue
     return None
 
 
@@ -145,9 +171,28 @@ class CheckpointManager:
 
     def save(self, step: int, train_state: dict, skip: tuple = ()) -> Path:
         """skip: extra entries that hold nothing worth saving yet (e.g. a KL reference before
-        RL has started)."""
-        final = self.folder / f"step-{step}"
+        RL has started). A save that fails (a full disk, a write error) removes its
+        temporary folder, keeps every finished checkpoint and raises one CheckpointError."""
         tmp = self.folder / f"step-{step}.tmp"
+        try:
+            return self._save(step, train_state, skip, tmp)
+        except (OSError, RuntimeError, CheckpointException) as err:
+            # torch.save reports a full disk as a zip-writer RuntimeError: say what is free.
+            free = shutil.disk_usage(self.folder).free if self.folder.is_dir() else 0
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            kept = newest_valid(self.folder)
+            failure = CheckpointError(
+                f"could not save checkpoint step-{step} in {self.folder} "
+                f"({free / 2**20:.1f} MiB were free on its filesystem): {_cause(err)}. "
+                f"Removed the partial {tmp.name}; the newest valid checkpoint, "
+                f"{kept.name if kept else 'none'}, is kept.")
+            # DCP gathers every rank's error and raises it on all of them.
+            failure.same_on_every_rank = isinstance(err, CheckpointException)
+            raise failure from None
+
+    def _save(self, step: int, train_state: dict, skip: tuple, tmp: Path) -> Path:
+        final = self.folder / f"step-{step}"
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -191,9 +236,8 @@ class CheckpointManager:
                 if optimizer is not None:
                     set_optimizer_state_dict(module, optimizer, state[f"{name}_optim"])
         except (Exception, CheckpointException) as err:  # DCP wraps per-rank tracebacks
-            cause = [line for line in str(err).splitlines() if line.strip()][-1:] or [repr(err)]
             raise CheckpointError(
-                f"could not load checkpoint {path} into this model ({cause[0].strip()}). "
+                f"could not load checkpoint {path} into this model ({_cause(err)}). "
                 "Check that model.name/flavor match the run that saved it."
             ) from err
         train_state = json.loads((path / TRAIN_STATE).read_text())

@@ -65,19 +65,42 @@ def console_line(record: dict) -> str:
     return "  ".join(parts)
 
 
+def _kept_on_resume(record: dict, step: int) -> bool:
+    """A row the resumed run will not write again: before the checkpoint's step, or that
+    step's own training record (logged before its save). Evaluations and phase records at
+    that step come after the save, and the resumed run writes them anew."""
+    return record["step"] < step or (record["step"] == step and record["phase"] in ("sft", "rl"))
+
+
+def read_records(path: Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line (the run was killed mid-write) is left
+    out."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 class MetricsLogger:
-    def __init__(self, dump_folder: str, cfg, run_name: str, is_main: bool, resumed: bool):
+    def __init__(self, dump_folder: str, cfg, run_name: str, is_main: bool,
+                 resumed_at: int | None):
+        """resumed_at: the step of the checkpoint this run resumed from (None: a fresh run)."""
         self.is_main, self.cfg = is_main, cfg
         self.path = Path(dump_folder) / "metrics.jsonl"
         self._tb = None
         if not is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() and not resumed:
+        if self.path.exists() and resumed_at is None:
             # A fresh run in a used folder: keep the old file, never mix two runs in one.
             backup = self.path.with_suffix(f".jsonl.{int(time.time())}.bak")
             os.replace(self.path, backup)
             log.warning("moved the previous %s to %s", self.path.name, backup.name)
+        elif self.path.exists():
+            self._drop_rows_after(resumed_at)
         if cfg.enable_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -85,6 +108,26 @@ class MetricsLogger:
                 log.info("tensorboard not installed; metrics go to metrics.jsonl only")
             else:
                 self._tb = SummaryWriter(str(Path(dump_folder) / "tb" / run_name))
+
+    def _drop_rows_after(self, step: int) -> None:
+        """A resume repeats the steps after its checkpoint: their old rows move to a backup
+        file, so that each (phase, step) appears once."""
+        records = read_records(self.path)
+        kept = [r for r in records if _kept_on_resume(r, step)]
+        if len(kept) == len(records):
+            return
+        dropped = [r for r in records if not _kept_on_resume(r, step)]
+        backup = self.path.with_suffix(f".jsonl.after-step-{step}.{int(time.time())}.bak")
+        backup.write_text("".join(json.dumps(r) + "\n" for r in dropped))
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        log.warning("resuming at step %d: moved %d rows of the steps after it to %s", step,
+                    len(dropped), backup.name)
+
+    def records(self) -> list[dict]:
+        """Every row so far (rank 0; an empty list elsewhere)."""
+        return read_records(self.path) if self.is_main and self.path.exists() else []
 
     def log(self, record: dict) -> None:
         if not self.is_main:

@@ -139,6 +139,19 @@ class Checkpoint:
         "float32", "dtype of the Hugging Face export.", choices=("float32", "bfloat16", "float16")
     )
     export_shard_mib: int = opt(4096, "Largest safetensors shard of the export, in MiB.")
+    preempt_grace_s: int = opt(
+        300, "After SIGTERM / SIGUSR1 (a preemption) the ranks finish the current step, save it "
+        "and exit 75; run_train.sh gives them this many seconds before it kills them."
+    )
+
+
+@dataclass
+class Comm:
+    timeout_s: int = opt(
+        600, "Longest wait of one collective or point-to-point call (and of process-group "
+        "start-up) before the rank fails with a timeout instead of hanging; raise it for "
+        "steps that keep some ranks waiting longer (large async jobs)."
+    )
 
 
 @dataclass
@@ -163,6 +176,7 @@ class JobConfig:
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    comm: Comm = field(default_factory=Comm)
     metrics: Metrics = field(default_factory=Metrics)
 
 

@@ -151,6 +151,8 @@ def _rest(cfg) -> None:
     _check(c.keep_latest_k >= 0, "checkpoint.keep_latest_k", "must be >= 0 (0 keeps all).")
     _check(cfg.metrics.log_freq > 0, "metrics.log_freq", "must be > 0.")
     _check(c.export_shard_mib > 0, "checkpoint.export_shard_mib", "must be > 0.")
+    _check(c.preempt_grace_s > 0, "checkpoint.preempt_grace_s", "must be > 0 seconds.")
+    _check(cfg.comm.timeout_s > 0, "comm.timeout_s", "must be > 0 seconds.")
     _check(not (c.initial_load_path and c.initial_load_format == "hf"
                 and cfg.model.tokenizer == "char"), "model.tokenizer",
            "is 'char' but checkpoint.initial_load_path is a Hugging Face model, whose ids are "

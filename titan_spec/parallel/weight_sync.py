@@ -25,6 +25,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 
 from titan_spec.models.init import canonical_name
+from titan_spec.runtime import new_group
 
 from .rollout_layout import rollout_slice
 
@@ -105,7 +106,7 @@ class WeightSync:
         self.n_kv_heads = n_kv_heads
         # new_group is collective over the default group: every rank builds every one.
         parts = fanout or [self.rollout_ranks]
-        self.groups = [dist.new_group([source_rank] + part) for part in parts]
+        self.groups = [new_group([source_rank] + part) for part in parts]
         self.rank = dist.get_rank()
         mine = [group for group, part in zip(self.groups, parts, strict=True) if self.rank in part]
         self.group = mine[0] if mine else None  # a rollout rank's broadcast

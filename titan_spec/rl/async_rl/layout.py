@@ -7,12 +7,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import torch.distributed as dist
-
 from titan_spec.formats.initial_load import model_args
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.weight_sync import DEFAULT_STAGING_BYTES, WeightSync
 from titan_spec.preflight import split_world
+from titan_spec.runtime import new_group
 
 from .queue import RolloutQueue
 
@@ -33,7 +32,7 @@ def build_async_layout(cfg, env) -> AsyncLayout:
     learner, rollout = split_world(cfg, env.world_size)
     learner.build_meshes(env.device.type)
     rollout.build_meshes(env.device.type)
-    learner_group = dist.new_group(list(range(learner.world_size)))
+    learner_group = new_group(list(range(learner.world_size)))
     rollout_ranks = list(range(learner.world_size, env.world_size))
     tp = cfg.async_rl.rollout_tp
     tp_rank = rollout.tp_rank() if rollout.contains(env.rank) else 0

@@ -1,0 +1,107 @@
+"""run_train.sh's torchrun: one node, NPROC workers, and an exit that says how the job ended.
+
+    python -m titan_spec.launch --nproc N [--grace-s S] -- --config NAME.toml [overrides]
+
+It runs torchrun's agent in this process with what a preemptible job needs and plain torchrun
+does not do by default: SIGUSR1 (Slurm's --signal=USR1@N) is forwarded to the workers like
+SIGTERM, and the workers get `checkpoint.preempt_grace_s` to finish their step and save before
+the agent kills them (torchrun's default is 30 s). The workers print their own errors, one
+line each; torchrun's report of a failed worker (a traceback and a table) is replaced by a
+line only where no worker could speak for itself (a rank killed by a signal).
+
+Exit status: 0 done, 75 preempted (a checkpoint of the last step was written: rerun the same
+command to resume), 130 interrupted, 1 failed."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+from titan_spec.components.run_status import read_status
+from titan_spec.components.stop_signal import PREEMPTED_EXIT
+
+SCRIPT = Path(__file__).resolve().parents[1] / "run_train.sh"
+FORWARDED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+
+
+def torchrun_argv(nproc: int, grace_s: int, trainer_args: list[str]) -> list[str]:
+    return ["--standalone", "--nproc_per_node", str(nproc), "--signals-to-handle", FORWARDED,
+            "--shutdown-timeout", str(grace_s), "--no-python", str(SCRIPT), *trainer_args]
+
+
+def _failed_ranks(failures: dict) -> int:
+    """The status for workers that exited non-zero; a line for each killed by a signal."""
+    codes = {rank: failure.exitcode for rank, failure in failures.items()}
+    if PREEMPTED_EXIT in codes.values():
+        return PREEMPTED_EXIT  # the others lost their peers after the save
+    for rank, code in sorted(codes.items()):
+        if code < 0:
+            name = signal.Signals(-code).name
+            print(f"titan-spec: rank {rank} was killed by {name}"
+                  + (" (out of memory?)" if name == "SIGKILL" else "") + ".",
+                  file=sys.stderr, flush=True)
+    return 1
+
+
+def _signalled(sigval, dump_folder: str, run_id: str, grace_s: int) -> int:
+    """The launcher itself got a signal: the agent forwarded it and waited for the workers."""
+    status = read_status(dump_folder) or {}
+    if status.get("run_id") == run_id and status.get("state") in ("preempted", "done"):
+        return PREEMPTED_EXIT if status["state"] == "preempted" else 0
+    if sigval == signal.SIGINT:
+        return 130
+    print(f"titan-spec: stopped by {sigval.name}; the ranks did not save within "
+          f"checkpoint.preempt_grace_s = {grace_s} s (raise it to give the save more time).",
+          file=sys.stderr, flush=True)
+    return 1
+
+
+def _quiet_agent() -> None:
+    """The agent's log lines about failed or closing workers repeat what the workers print
+    (their loggers carry their own levels, so each is set)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def launch(nproc: int, grace_s: int, dump_folder: str, trainer_args: list[str]) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    run_id = os.environ["TITAN_SPEC_RUN_ID"] = uuid.uuid4().hex
+    _quiet_agent()
+    args = get_args_parser().parse_args(torchrun_argv(nproc, grace_s, trainer_args))
+    try:
+        run(args)
+    except ChildFailedError as err:
+        return _failed_ranks(err.failures)
+    except SignalException as err:
+        return _signalled(err.sigval, dump_folder, run_id, grace_s)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="titan_spec.launch", allow_abbrev=False)
+    parser.add_argument("--nproc", type=int, required=True)
+    parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else \
+        args.trainer_args
+    from titan_spec.config import load_config
+
+    known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known.add_argument("--config", "--job.config_file", dest="config", default=None)
+    parsed, overrides = known.parse_known_args(trainer_args)
+    cfg = load_config(parsed.config, overrides)  # the preflight already checked it
+    return launch(args.nproc, cfg.checkpoint.preempt_grace_s, cfg.job.dump_folder,
+                  trainer_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
