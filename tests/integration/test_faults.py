@@ -119,6 +119,7 @@ def _preempt(folder: Path, sig: signal.Signals, at_step: int) -> int:
     assert stopped >= at_step
     assert f"preempted ({sig.name}) after step {stopped}" in output
     assert output.count("rerun the same command to resume") == 1 and "Traceback" not in output
+    assert "peer rank went away" not in output  # the others leave quietly
     verify(folder / "checkpoint" / f"step-{stopped}")
     return stopped
 

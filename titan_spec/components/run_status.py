@@ -84,6 +84,10 @@ def report_failure(err: BaseException, rank: int) -> None:
     disappearance as a short note, since that peer reports the cause."""
     where = f"rank {rank} in {phase()}"
     if is_peer_loss(err):
+        from .stop_signal import received
+
+        if received():  # the job is being stopped: peers leaving is what was asked for
+            return
         print(f"titan-spec: {where}: stopped, a peer rank went away ({_first_line(err)}); "
               "the failing rank reports the cause.", file=sys.stderr, flush=True)
         return

@@ -48,7 +48,6 @@ class Preempted(Exception):
 
     def __init__(self, signal_name: str, step: int, checkpoint: str | None):
         self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
-        saved = f"saved checkpoint {checkpoint}" if checkpoint else \
-            "nothing saved (checkpoint.enable = false)"
-        super().__init__(f"preempted ({signal_name}) after step {step}: {saved}; "
-                         "rerun the same command to resume")
+        outcome = f"saved checkpoint {checkpoint}; rerun the same command to resume" \
+            if checkpoint else "nothing saved (checkpoint.enable = false): a rerun starts over"
+        super().__init__(f"preempted ({signal_name}) after step {step}: {outcome}")

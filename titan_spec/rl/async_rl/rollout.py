@@ -8,6 +8,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from titan_spec.components.run_status import set_phase
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.formats.initial_load import model_args
 from titan_spec.models import build_model_from_args, get_model_spec
@@ -73,6 +74,7 @@ class RolloutWorker:
                 self._take_arrived_syncs()
             while self.syncs < wanted:
                 self._receive_weights()
+            set_phase("rollout", step)
             message = self.generate(step)
             message.stats["time_waiting_for_weights_s"] = self.time_waiting_for_weights
             self.time_waiting_for_weights = 0.0
