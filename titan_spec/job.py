@@ -100,7 +100,7 @@ class LearnerJob:
         # The KL reference holds the policy at RL start (frozen then, or loaded with a resume).
         resumed, self.reference_ready = self._resume()
         if layout is not None:  # the rollout ranks learn where the run resumes
-            share_start_point(self.state.step, self.state.policy_version)
+            share_start_point(env.device, self.state.step, self.state.policy_version)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
                                      env.is_main, self.state.step if resumed else None)
         self.saved_step = self.state.step if resumed else None

@@ -40,9 +40,14 @@ def _plan_only(cfg, args) -> int | None:
         return 0 if fits else 1
     if args.preflight:
         from titan_spec.components.run_lock import check_free
+        from titan_spec.formats.initial_load import model_args
+        from titan_spec.preflight_data import check_data
 
         preflight(cfg, args.world_size or int(os.environ.get("WORLD_SIZE", "1")))
-        check_free(cfg.job.dump_folder)  # before any worker starts, not in each worker
+        args_of_model = model_args(cfg)
+        # Once, before any worker starts (each worker would print the same error).
+        check_data(cfg, args_of_model.vocab_size, args_of_model.max_seq_len)
+        check_free(cfg.job.dump_folder)
         return 0
     return None
 

@@ -160,7 +160,7 @@ def test_an_exception_on_one_rank_ends_the_job_with_one_message(tmp_path):
             for i in range(20)]
     good = tmp_path / "good.jsonl"
     good.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = JsonlTask(str(good))
+    task = JsonlTask(str(good), heldout_fraction=0.0)
     rng = random.Random("rl:0:1")  # RLData's draw of step 1 with job.seed 0
     drawn = [task.problems.index(task.sample(rng)) for _ in range(4)]
     for index in set(drawn[2:]) - set(drawn[:2]):  # rank 1's half of the step
@@ -170,6 +170,7 @@ def test_an_exception_on_one_rank_ends_the_job_with_one_message(tmp_path):
     start = time.monotonic()
     code, output = _finish(_start(tmp_path / "job", "--task.name=jsonl",
                                   f"--task.jsonl.path={bad}", "--sft.steps=0",
+                                  "--task.jsonl.heldout_fraction=0",
                                   "--rl.eval_problems=0", "--drafter.kind=ngram",
                                   "--comm.timeout_s=60",
                                   job=tuple(a for a in JOB if "arithmetic" not in a)))

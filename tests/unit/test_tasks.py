@@ -128,3 +128,31 @@ def test_sft_needs_solutions(tmp_path):
 def test_unknown_task_suggests():
     with pytest.raises(ValueError, match="Did you mean 'sorting'"):
         build_task("sortin")
+
+
+def test_jsonl_line_that_is_not_utf8_is_named_and_can_be_skipped(tmp_path):
+    path = tmp_path / "bytes.jsonl"
+    path.write_bytes(b'{"prompt": "1+1", "answer": 2}\n{"prompt": "2+\xff", "answer": 2}\n'
+                     b'{"prompt": "3+3", "answer": 6}\n')
+    with pytest.raises(ValueError, match=r"bytes.jsonl:2: not UTF-8 \(byte 0xff at column 15\)"):
+        build_task("jsonl", path=str(path))
+    task = build_task("jsonl", path=str(path), on_bad_line="skip")
+    assert [p.prompt for p in task.problems] == ["1+1", "3+3"]
+    assert task.locate(task.problems[1]).endswith("bytes.jsonl:3")
+
+
+def test_jsonl_heldout_split_is_disjoint_and_independent_of_line_order(tmp_path):
+    rows = [json.dumps({"prompt": f"{i}+{i}", "answer": 2 * i}) for i in range(300)]
+    forward = build_task("jsonl", path=_write(tmp_path / "a.jsonl", rows), heldout_fraction=0.2)
+    backward = build_task("jsonl", path=_write(tmp_path / "b.jsonl", rows[::-1]),
+                          heldout_fraction=0.2)
+    train = {p.prompt for p in forward.problems}
+    held = {p.prompt for p in forward.heldout().problems}
+    assert not train & held and len(train | held) == 300
+    assert 30 <= len(held) <= 90
+    assert held == {p.prompt for p in backward.heldout().problems}
+    rng = random.Random(0)
+    assert all(forward.heldout().sample(rng).prompt in held for _ in range(100))
+    assert all(forward.sample(rng).prompt in train for _ in range(100))
+    everything = build_task("jsonl", path=_write(tmp_path / "c.jsonl", rows))
+    assert everything.heldout() is everything and len(everything.problems) == 300

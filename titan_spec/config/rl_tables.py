@@ -28,8 +28,14 @@ class Jsonl:
         "too for SFT)."
     )
     on_bad_line: str = opt(
-        "error", "A malformed line stops the run (error) or is skipped and counted (skip).",
+        "error", "A malformed line (bad JSON, not UTF-8, missing fields) stops the run (error) "
+        "or is skipped and counted (skip).",
         choices=("error", "skip"),
+    )
+    heldout_fraction: float = opt(
+        0.1, "Share of the lines held out for evaluation (chosen by a hash of each prompt: the "
+        "same split on every rank, run and line order); training never draws them. 0 evaluates "
+        "on the training lines."
     )
 
 

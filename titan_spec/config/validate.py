@@ -54,6 +54,8 @@ def _task(cfg) -> None:
                f"need 1 <= min_items ({items.min_items}) <= max_items ({items.max_items}).")
     _check(cfg.task.name != "jsonl" or bool(cfg.task.jsonl.path), "task.jsonl.path",
            "task.name=jsonl needs [task.jsonl] path=<file.jsonl>.")
+    _check(0 <= cfg.task.jsonl.heldout_fraction < 1, "task.jsonl.heldout_fraction",
+           "must be in [0, 1).")
 
 
 def _sft_rl(cfg) -> None:

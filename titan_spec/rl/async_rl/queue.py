@@ -7,8 +7,8 @@ replica each step and shares them with the other learner ranks."""
 
 from __future__ import annotations
 
-import pickle
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -28,19 +28,40 @@ class RolloutBatchMessage:
     stats: dict = field(default_factory=dict)
 
 
-def send_object(obj, dst: int) -> list:
-    """Non-blocking send of a picklable object: [(work, tensor), ...] to wait on later."""
-    payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8)
+# Messages travel as JSON, never pickle: what a rank receives is data, not code to run.
+def _encode(messages: list[RolloutBatchMessage]) -> torch.Tensor:
+    text = json.dumps([asdict(m) for m in messages])
+    return torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8)
+
+
+def _decode(payload: torch.Tensor) -> list[RolloutBatchMessage]:
+    return [RolloutBatchMessage(**m) for m in json.loads(payload.numpy().tobytes().decode())]
+
+
+def send_message(message: RolloutBatchMessage, dst: int) -> list:
+    """Non-blocking send: [(work, tensor), ...] to wait on later."""
+    payload = _encode([message])
     size = torch.tensor([payload.numel()], dtype=torch.int64)
     return [(dist.isend(size, dst), size), (dist.isend(payload, dst), payload)]
 
 
-def recv_object(src: int):
+def recv_message(src: int) -> RolloutBatchMessage:
     size = torch.empty(1, dtype=torch.int64)
     dist.recv(size, src)
     payload = torch.empty(int(size), dtype=torch.uint8)
     dist.recv(payload, src)
-    return pickle.loads(payload.numpy().tobytes())
+    return _decode(payload)[0]
+
+
+def broadcast_messages(messages: list | None, group) -> list[RolloutBatchMessage]:
+    """Rank 0's messages on every rank of `group` (rank 0's argument; None elsewhere)."""
+    payload = _encode(messages) if messages is not None else None
+    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64)
+    dist.broadcast(size, src=0, group=group)
+    if payload is None:
+        payload = torch.empty(int(size), dtype=torch.uint8)
+    dist.broadcast(payload, src=0, group=group)
+    return _decode(payload)
 
 
 class RolloutQueue:
@@ -55,7 +76,7 @@ class RolloutQueue:
         # Earlier batches the learner has not taken yet: the queue this one joins.
         message.stats["queue_depth"] = sum(
             not all(work.is_completed() for work, _ in sends) for sends in self.in_flight)
-        self.in_flight.append(send_object(message, dst=0))
+        self.in_flight.append(send_message(message, dst=0))
         while len(self.in_flight) > self.capacity:
             for work, _ in self.in_flight.pop(0):
                 work.wait()
@@ -70,9 +91,9 @@ class RolloutQueue:
     # ------------------------------------------------------------ learner side
     def take(self) -> list[RolloutBatchMessage]:
         """One message per replica, on every learner rank (collective over the learner)."""
-        messages = [None]
+        messages = None
         if dist.get_rank() == 0:
-            messages = [[recv_object(leader) for leader in self.replica_leaders]]
+            messages = [recv_message(leader) for leader in self.replica_leaders]
         if self.learner_world > 1:
-            dist.broadcast_object_list(messages, src=0, group=self.learner_group)
-        return messages[0]
+            messages = broadcast_messages(messages, self.learner_group)
+        return messages

@@ -56,7 +56,7 @@ class RolloutWorker:
 
     def run(self) -> None:
         """Generate the batches from where the learner starts (it shares that) to the end."""
-        step, _ = share_start_point()
+        step, _ = share_start_point(self.device)
         self.generate_steps(max(step, self.sft_steps) + 1, self.total_steps)
 
     def close(self) -> None:

@@ -25,6 +25,10 @@ class ArithmeticTask:
     def from_config(cls, cfg) -> "ArithmeticTask":
         return cls(cfg.min_digits, cfg.max_digits)
 
+    def heldout(self) -> "ArithmeticTask":
+        """Generated problems: evaluation draws them from its own random stream."""
+        return self
+
     def _operand(self, rng: random.Random) -> int:
         digits = rng.randint(self.min_digits, self.max_digits)
         low = 0 if digits == 1 else 10 ** (digits - 1)

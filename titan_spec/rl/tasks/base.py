@@ -17,6 +17,10 @@ class Task(Protocol):
 
     def reward(self, problem: Problem, completion: str) -> float: ...
 
+    def heldout(self) -> "Task":
+        """The problems evaluation draws from (disjoint from training where the task can)."""
+        ...
+
 
 class NumberListTask:
     """Shared set-up of tasks over a random list of numbers (countdown, sorting)."""
@@ -33,6 +37,10 @@ class NumberListTask:
     @classmethod
     def from_config(cls, cfg):
         return cls(cfg.min_items, cfg.max_items)
+
+    def heldout(self):
+        """Generated problems: evaluation draws them from its own random stream."""
+        return self
 
     def numbers(self, rng: random.Random, low: int) -> list[int]:
         count = rng.randint(self.min_items, self.max_items)

@@ -10,6 +10,7 @@ they stop the run or are skipped and counted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -83,21 +84,31 @@ def _parse_line(raw: str) -> Problem:
     return Problem(prompt=prompt, solution=solution, answer=str(answer))
 
 
-def load_jsonl(path: str, on_bad_line: str = "error") -> tuple[list[Problem], list[str]]:
-    """-> (problems, bad-line reports). on_bad_line: 'error' raises at the first bad line,
-    'skip' skips and reports them."""
+def _decoded(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") \
+            from None
+
+
+def load_jsonl(path: str, on_bad_line: str = "error"
+               ) -> tuple[list[Problem], list[int], list[str]]:
+    """-> (problems, the line number of each, bad-line reports). on_bad_line: 'error' raises
+    at the first bad line, 'skip' skips and reports them."""
     if on_bad_line not in ("error", "skip"):
         raise ValueError(f"task.jsonl.on_bad_line={on_bad_line!r}: use 'error' or 'skip'.")
     file = Path(path)
     if not file.is_file():
         raise ValueError(f"task.jsonl.path={path!r} is not a file; point it at a JSONL dataset.")
-    problems, bad = [], []
-    with file.open(encoding="utf-8") as handle:
+    problems, numbers, bad = [], [], []
+    with file.open("rb") as handle:  # bytes: one bad line must not stop the whole file
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
             try:
-                problems.append(_parse_line(raw))
+                problems.append(_parse_line(_decoded(raw)))
+                numbers.append(number)
             except ValueError as err:
                 report = f"{file}:{number}: {err}"
                 if on_bad_line == "error":
@@ -106,20 +117,21 @@ def load_jsonl(path: str, on_bad_line: str = "error") -> tuple[list[Problem], li
                 bad.append(report)
     if not problems:
         raise ValueError(f"{file} has no usable problems ({len(bad)} bad lines).")
-    return problems, bad
+    return problems, numbers, bad
 
 
-class JsonlTask:
-    def __init__(self, path: str, on_bad_line: str = "error"):
-        self.problems, self.bad_lines = load_jsonl(path, on_bad_line)
-        if self.bad_lines:
-            log.warning("%s: skipped %d bad line(s), first: %s", path, len(self.bad_lines),
-                        self.bad_lines[0])
+def held_out(problem: Problem, fraction: float) -> bool:
+    """A problem's place in the split, from its prompt alone: the same on every rank and run,
+    whatever the order or the other lines of the file."""
+    digest = hashlib.sha256(problem.prompt.encode()).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
 
-    @classmethod
-    def from_config(cls, cfg) -> "JsonlTask":
-        """cfg: [task.jsonl] (the config validates that path is set)."""
-        return cls(cfg.path, cfg.on_bad_line)
+
+class ProblemSet:
+    """Problems drawn uniformly, scored by the dataset's answer check."""
+
+    def __init__(self, problems: list[Problem], lines: dict[int, str]):
+        self.problems, self._lines = problems, lines
 
     def sample(self, rng: random.Random) -> Problem:
         return self.problems[rng.randrange(len(self.problems))]
@@ -127,3 +139,40 @@ class JsonlTask:
     def reward(self, problem: Problem, completion: str) -> float:
         predicted = extract_answer(completion)
         return 1.0 if predicted is not None and answers_match(predicted, problem.answer) else 0.0
+
+    def locate(self, problem: Problem) -> str:
+        """'file:line' of a problem of this set."""
+        return self._lines.get(id(problem), "?")
+
+
+class JsonlTask(ProblemSet):
+    """Training draws from the lines outside the held-out split, evaluation (heldout()) from
+    the lines inside it."""
+
+    def __init__(self, path: str, on_bad_line: str = "error", heldout_fraction: float = 0.0):
+        problems, numbers, self.bad_lines = load_jsonl(path, on_bad_line)
+        if self.bad_lines:
+            log.warning("%s: skipped %d bad line(s), first: %s", path, len(self.bad_lines),
+                        self.bad_lines[0])
+        lines = {id(p): f"{path}:{n}" for p, n in zip(problems, numbers, strict=True)}
+        held = [p for p in problems if held_out(p, heldout_fraction)]
+        train = [p for p in problems if not held_out(p, heldout_fraction)]
+        if not train:
+            raise ValueError(f"task.jsonl.heldout_fraction={heldout_fraction} holds out every "
+                             f"one of the {len(problems)} problems of {path}; lower it.")
+        super().__init__(train, lines)
+        self._heldout = ProblemSet(held, lines) if heldout_fraction > 0 else None
+
+    @classmethod
+    def from_config(cls, cfg) -> "JsonlTask":
+        """cfg: [task.jsonl] (the config validates that path is set)."""
+        return cls(cfg.path, cfg.on_bad_line, cfg.heldout_fraction)
+
+    def heldout(self) -> ProblemSet:
+        """The evaluation problems; the training ones when heldout_fraction = 0."""
+        if self._heldout is None:
+            return self
+        if not self._heldout.problems:
+            raise ValueError("task.jsonl.heldout_fraction leaves no problem for evaluation in "
+                             "this file; raise it, or set sft/rl.eval_problems=0.")
+        return self._heldout
