@@ -76,7 +76,7 @@ def measure_verify_step(flavor: str, world: int, batch: int, k: int, steps: int 
         out = os.path.join(tmp, "verify.pt")
         mp.start_processes(_worker, args=(world, _port(), flavor, batch, k, steps, out),
                            nprocs=world, join=True, start_method="spawn")
-        result = torch.load(out)
+        result = torch.load(out, weights_only=True)
     result["view_vs_plain"] = result["colocated_view_ms"] / result["plain_module_ms"]
     result["fsdp_module_vs_plain"] = result["fsdp_module_ms"] / result["plain_module_ms"]
     result.update(flavor=flavor, ranks=world, batch=batch, positions=k + 1)
