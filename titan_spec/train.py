@@ -39,6 +39,7 @@ def _plan_only(cfg, args) -> int | None:
             return 3 if fits else 4
         return 0 if fits else 1
     if args.preflight:
+        from titan_spec.components.checkpoint import check_load_path
         from titan_spec.components.run_lock import check_free
         from titan_spec.formats.initial_load import model_args
         from titan_spec.preflight_data import check_data
@@ -47,6 +48,7 @@ def _plan_only(cfg, args) -> int | None:
         args_of_model = model_args(cfg)
         # Once, before any worker starts (each worker would print the same error).
         check_data(cfg, args_of_model.vocab_size, args_of_model.max_seq_len)
+        check_load_path(cfg.checkpoint)
         check_free(cfg.job.dump_folder)
         return 0
     return None

@@ -56,3 +56,16 @@ def test_a_tokenizer_larger_than_the_model_vocabulary(capsys, tmp_path):
     code, lines = _preflight(capsys, tmp_path, f"--model.tokenizer={tmp_path / 'tok'}")
     assert code == 2 and len(lines) == 1
     assert f"has {size} tokens but the model's vocabulary has 64 rows" in lines[0]
+
+
+def test_a_load_path_that_is_missing_or_truncated(capsys, tmp_path):
+    code, lines = _preflight(capsys, tmp_path, f"--checkpoint.load_path={tmp_path / 'none'}")
+    assert code == 2 and len(lines) == 1 and "is not a folder" in lines[0]
+    step = tmp_path / "step-4"
+    step.mkdir()
+    (step / "shard.distcp").write_bytes(b"12345")
+    (step / "manifest.json").write_text(json.dumps(
+        {"files": {"shard.distcp": {"bytes": 10, "sha256": "0"}}}))
+    code, lines = _preflight(capsys, tmp_path, f"--checkpoint.load_path={step}")
+    assert code == 2 and len(lines) == 1
+    assert "shard.distcp has 5 bytes, the manifest says 10" in lines[0]

@@ -55,8 +55,9 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1))
 
 
-def verify(folder: Path) -> None:
-    """Raise CheckpointError naming the first missing, truncated or altered file."""
+def verify(folder: Path, hashes: bool = True) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file (altered:
+    only with `hashes`; without, the check reads no data, as the launcher's preflight does)."""
     manifest = folder / MANIFEST
     if not manifest.is_file():
         raise CheckpointError(f"{folder} has no {MANIFEST}: the save never completed.")
@@ -74,7 +75,7 @@ def verify(folder: Path) -> None:
                 f"checkpoint {folder}: {rel} has {path.stat().st_size} bytes, the manifest says "
                 f"{expected['bytes']} (truncated or overwritten)."
             )
-        if _sha256(path) != expected["sha256"]:
+        if hashes and _sha256(path) != expected["sha256"]:
             raise CheckpointError(f"checkpoint {folder}: {rel} does not match its sha256.")
 
 
@@ -99,7 +100,27 @@ def _dist() -> bool:
 
 def find_resume_point(cfg, folder: Path) -> Path | None:
     """The explicit load_path (must verify), else the newest verifying checkpoint in `folder`
-    (with checkpoint.resume), else None."""
+    (with checkpoint.resume), else None. Every rank sees the same files, hence the same
+    error: rank 0 alone reports it."""
+    try:
+        return _resume_point(cfg, folder)
+    except CheckpointError as err:
+        err.same_on_every_rank = True
+        raise
+
+
+def check_load_path(cfg) -> None:
+    """The launcher's check of checkpoint.load_path: a step folder whose manifest lists files
+    that exist with their sizes (hashes are the workers' to check)."""
+    if cfg.load_path:
+        path = Path(cfg.load_path)
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
+                                  "step-N folder of a run's checkpoint folder.")
+        verify(path, hashes=False)
+
+
+def _resume_point(cfg, folder: Path) -> Path | None:
     if cfg.load_path:
         path = Path(cfg.load_path)
         if not path.is_dir():
