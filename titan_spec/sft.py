@@ -10,7 +10,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from titan_spec.components.metrics import memory_gib
+from titan_spec.components.metrics import memory_record
 from titan_spec.parallel.comm import all_reduce_dp
 
 
@@ -51,5 +51,5 @@ def sft_step(learner, data, step: int, pad_id: int) -> dict:
     tokens = int((global_batch.inputs != pad_id).sum())
     return {"step": step, "phase": "sft", "loss": loss_value, "grad_norm": grad_norm,
             "lr": lr, "tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
-            "memory_gib": memory_gib(device)}
+            **memory_record(device)}
 

@@ -50,6 +50,22 @@ def memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def resident_gib() -> float:
+    """This process's resident set now (Linux /proc; the peak where that is missing): what a
+    leak makes grow step after step, which a peak set at start-up hides."""
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+def memory_record(device: torch.device) -> dict:
+    """A step record's memory figures: the peak (device, or host on CPU) and the host's
+    resident set now."""
+    return {"memory_gib": memory_gib(device), "rss_memory_gib": resident_gib()}
+
+
 _CONSOLE = (("loss", "loss {:.4f}"), ("reward_mean", "reward {:.3f}"),
             ("accuracy", "accuracy {:.3f}"), ("acceptance_length", "accept_len {:.2f}"),
             ("response_len_mean", "len {:.1f}"), ("rollout_tokens_per_s", "rollout {:.0f} tok/s"),

@@ -9,7 +9,7 @@ advantages, normalised by the global number of completion tokens."""
 
 from __future__ import annotations
 
-from titan_spec.components.metrics import StepTimer, memory_gib
+from titan_spec.components.metrics import StepTimer, memory_record
 from titan_spec.parallel.comm import all_reduce_dp
 
 from .metrics import RolloutStats, batch_record
@@ -57,4 +57,4 @@ class SyncRL:
         return {"step": step, "phase": "rl", "lr": lr, **trained, **scored,
                 **rollout.record(self.drafters, self.is_main),
                 **batch_record(batch, rollout.samples, dims, learner.device),
-                **timer.record(), "memory_gib": memory_gib(learner.device)}
+                **timer.record(), **memory_record(learner.device)}

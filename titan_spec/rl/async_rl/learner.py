@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from titan_spec.components.metrics import StepTimer, memory_gib
+from titan_spec.components.metrics import StepTimer, memory_record
 from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.rollout.engine import Completion
 
@@ -102,7 +102,7 @@ class AsyncRL:
                 **rollout.record(self.drafters, self.is_main),
                 **batch_record(batch, rollout.samples, learner.dims, learner.device, lags,
                                self.async_cfg.max_policy_lag),
-                **timer.record(), "memory_gib": memory_gib(learner.device)}
+                **timer.record(), **memory_record(learner.device)}
 
     def _my_batch(self, messages):
         """This learner rank's share of every replica's samples, as a training batch."""
