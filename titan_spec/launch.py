@@ -4,8 +4,9 @@
 
 It runs torchrun's agent in this process with what a preemptible job needs and plain torchrun
 does not do by default: SIGUSR1 (Slurm's --signal=USR1@N) is forwarded to the workers like
-SIGTERM, and the workers get `checkpoint.preempt_grace_s` to finish their step and save before
-the agent kills them (torchrun's default is 30 s). The workers print their own errors, one
+SIGTERM, the workers get `checkpoint.preempt_grace_s` to finish their step and save before
+the agent kills them (torchrun's default is 30 s), and a second signal does not cut that
+short. The workers print their own errors, one
 line each; torchrun's report of a failed worker (a traceback and a table) is replaced by a
 line only where no worker could speak for itself (a rank killed by a signal).
 
@@ -23,14 +24,15 @@ import uuid
 from pathlib import Path
 
 from titan_spec.components.run_status import read_status
-from titan_spec.components.stop_signal import PREEMPTED_EXIT
+from titan_spec.components.stop_signal import PREEMPTED_EXIT, STOP_SIGNALS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "run_train.sh"
-FORWARDED = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
+# Signals torchrun's agent handles itself; SIGTERM / SIGUSR1 go through _stop_once.
+AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
 
 
 def torchrun_argv(nproc: int, grace_s: int, trainer_args: list[str]) -> list[str]:
-    return ["--standalone", "--nproc_per_node", str(nproc), "--signals-to-handle", FORWARDED,
+    return ["--standalone", "--nproc_per_node", str(nproc), "--signals-to-handle", AGENT_SIGNALS,
             "--shutdown-timeout", str(grace_s), "--no-python", str(SCRIPT), *trainer_args]
 
 
@@ -61,6 +63,19 @@ def _signalled(sigval, dump_folder: str, run_id: str, grace_s: int) -> int:
     return 1
 
 
+def _stop_once(signum, frame) -> None:
+    """The first SIGTERM / SIGUSR1 stops the agent as its own handler would (it forwards the
+    signal to the workers and waits up to the grace period); later ones are ignored, since
+    torchrun's handler, raised again inside that wait, would cut the grace short and kill
+    the workers mid-save."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    sigval = signal.Signals(signum)
+    raise SignalException(f"launcher got {sigval.name}", sigval=sigval)
+
+
 def _quiet_agent() -> None:
     """The agent's log lines about failed or closing workers repeat what the workers print
     (their loggers carry their own levels, so each is set)."""
@@ -76,6 +91,8 @@ def launch(nproc: int, grace_s: int, dump_folder: str, trainer_args: list[str]) 
 
     run_id = os.environ["TITAN_SPEC_RUN_ID"] = uuid.uuid4().hex
     _quiet_agent()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _stop_once)
     args = get_args_parser().parse_args(torchrun_argv(nproc, grace_s, trainer_args))
     try:
         run(args)

@@ -103,13 +103,16 @@ def straight(tmp_path_factory):
             "summary": _summary(output)}
 
 
-def _preempt(folder: Path, sig: signal.Signals, at_step: int) -> int:
-    """Start (or resume) the job, send `sig` to the launcher once rl step `at_step` is logged;
-    -> the step it stopped after."""
+def _preempt(folder: Path, sig: signal.Signals, at_step: int, twice: bool = False) -> int:
+    """Start (or resume) the job, send `sig` to the launcher once rl step `at_step` is logged
+    (`twice`: again while the ranks finish the step and save); -> the step it stopped after."""
     proc = _start(folder)
     _wait_for_rl_step(folder, proc, at_step)
     sent = time.monotonic()
     proc.send_signal(sig)
+    if twice:
+        time.sleep(0.3)
+        proc.send_signal(sig)
     code, output = _finish(proc)
     assert time.monotonic() - sent < 60  # one step and a save, not a timeout
     assert code == 75, output[-3000:]
@@ -126,7 +129,7 @@ def _preempt(folder: Path, sig: signal.Signals, at_step: int) -> int:
 
 def test_preempted_twice_then_resumed_equals_the_straight_run(straight, tmp_path):
     folder = tmp_path / "job"
-    first = _preempt(folder, signal.SIGTERM, at_step=31)
+    first = _preempt(folder, signal.SIGTERM, at_step=31, twice=True)
     _preempt(folder, signal.SIGUSR1, at_step=first + 2)
     code, output = _finish(_start(folder))
     assert code == 0, output[-3000:]
@@ -151,7 +154,26 @@ def test_kill_9_of_the_launcher_ends_the_workers_and_a_rerun_equals_the_straight
 
 
 def test_an_exception_on_one_rank_ends_the_job_with_one_message(tmp_path):
-    """A prompt only rank 1 draws (rl step 1) has a character the tokenizer lacks."""
+    """A fault drill raises on rank 1 at the start of rl step 32, as a bug would."""
+    start = time.monotonic()
+    proc = subprocess.Popen([str(ROOT / "run_train.sh"), *JOB, f"--job.dump_folder={tmp_path}",
+                             "--comm.timeout_s=60"],
+                            env=dict(_env(), TITAN_SPEC_FAULT="1:rl step 32"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, output = _finish(proc)
+    assert code == 1, output[-3000:]
+    assert time.monotonic() - start < 60 + 30
+    assert output.count("fault injected by TITAN_SPEC_FAULT") == 1, output[-3000:]
+    assert "error on rank 1 in rl step 32: RuntimeError" in output
+    assert "Traceback" not in output and "ChildFailedError" not in output
+    assert "RuntimeError: fault injected" in (tmp_path / "errors" / "rank1.txt").read_text()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "failed" and status["rank"] == 1
+
+
+def test_a_prompt_one_rank_would_fail_on_is_refused_before_workers_start(tmp_path):
+    """The finding behind the test above: a prompt only rank 1 draws (rl step 1) has a
+    character the tokenizer lacks. The launcher's preflight now encodes every prompt."""
     import random
 
     from titan_spec.rl.tasks.jsonl import JsonlTask
@@ -167,20 +189,14 @@ def test_an_exception_on_one_rank_ends_the_job_with_one_message(tmp_path):
         rows[index]["prompt"] += "é"
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    start = time.monotonic()
     code, output = _finish(_start(tmp_path / "job", "--task.name=jsonl",
                                   f"--task.jsonl.path={bad}", "--sft.steps=0",
                                   "--task.jsonl.heldout_fraction=0",
                                   "--rl.eval_problems=0", "--drafter.kind=ngram",
-                                  "--comm.timeout_s=60",
                                   job=tuple(a for a in JOB if "arithmetic" not in a)))
-    assert code == 1, output[-3000:]
-    assert time.monotonic() - start < 60 + 30
-    assert output.count("character 'é' is not in") == 1, output[-3000:]
-    assert "error on rank 1 in rl step 1" in output
-    assert "Traceback" not in output and "ChildFailedError" not in output
-    status = json.loads((tmp_path / "job" / "status.json").read_text())
-    assert status["state"] == "failed" and status["rank"] == 1
+    assert code == 2, output[-3000:]
+    assert output.count("character 'é' is not in") == 1 and "Traceback" not in output
+    assert not (tmp_path / "job").exists()  # no worker started
 
 
 def test_a_second_job_on_a_used_dump_folder_is_refused_by_name(tmp_path):

@@ -23,6 +23,11 @@ _where = {"phase": "start-up", "dump_folder": None, "rank": 0}
 
 def set_phase(phase: str, step: int | None = None) -> None:
     _where["phase"] = phase if step is None else f"{phase} step {step}"
+    # A fault drill: TITAN_SPEC_FAULT="RANK:PHASE" (e.g. "1:rl step 2") raises there, as a
+    # bug would, to rehearse how a job ends when one rank fails.
+    drill = os.environ.get("TITAN_SPEC_FAULT")
+    if drill and drill == f"{_where['rank']}:{_where['phase']}":
+        raise RuntimeError(f"fault injected by TITAN_SPEC_FAULT={drill}")
 
 
 def phase() -> str:
