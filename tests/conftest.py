@@ -1,4 +1,24 @@
 import os
+import subprocess
+
+import pytest
 
 # One thread per process: distributed tests run several ranks on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A real 16 MiB tmpfs (a full disk for real): one checkpoint of the debug model fits,
+    a second one, or the checkpoint and an export, do not."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from tests.hf_models import load_transformers, save_hf_model
+from titan_spec.formats.hf_export import ExportError
 from titan_spec.formats.store import ConversionError, open_checkpoint, write_checkpoint
 
 pytest.importorskip("transformers")
@@ -158,7 +159,7 @@ def test_failed_conversion_leaves_nothing_that_looks_complete(tmp_path):
         raise OSError("No space left on device (injected)")
     entry.read = broken
     for fmt in ("hf", "dcp", "megatron", "tensorstore"):
-        with pytest.raises((OSError, ConversionError), match="injected"):
+        with pytest.raises((OSError, ConversionError, ExportError), match="injected"):
             write_checkpoint(checkpoint, tmp_path / fmt, fmt)
         assert not (tmp_path / fmt).exists()
         assert not list(tmp_path.glob(f".{fmt}*"))  # the temporary folder is gone too

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import subprocess
 
 import pytest
 import torch
@@ -97,21 +96,6 @@ def test_every_checkpoint_damaged_refuses_to_start_over(tmp_path):
         _run(tmp_path, "--sft.steps=5")
     assert [s for s, _ in list_checkpoints(tmp_path / "checkpoint")] == [2, 4]  # kept
     assert _run(tmp_path, "--sft.steps=1", "--checkpoint.resume=false")["steps"] == [1]
-
-
-@pytest.fixture
-def small_filesystem(tmp_path):
-    """A real 16 MiB tmpfs: one checkpoint of the debug model fits, a second does not."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_save_keeps_the_newest_checkpoint_and_no_partial_folder(small_filesystem):

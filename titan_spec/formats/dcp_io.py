@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from .description import args_of, describe, read_description, write_description
-from .hf_export import replace, temporary
+from .hf_export import removed_on_failure, replace, temporary
 from .store import Checkpoint, ConversionError, Entry, converted, weights
 from .torchtitan_names import from_torchtitan, to_torchtitan
 
@@ -119,7 +119,7 @@ def write_dcp(checkpoint: Checkpoint, out: Path, fmt: str, dtype=None,
                    (to_torchtitan(key[6:], e)[1] if key.startswith("model.") else e)
                    for key, e in entries.items()}
     tmp = temporary(out)
-    try:
+    with removed_on_failure(tmp, out):
         save_entries(entries, tmp, _objects(checkpoint) if optimizer else {})
         description = describe(checkpoint.model_name, checkpoint.args)
         description.update(drafter=checkpoint.drafter, layout=fmt)
@@ -129,9 +129,6 @@ def write_dcp(checkpoint: Checkpoint, out: Path, fmt: str, dtype=None,
         from titan_spec.components.checkpoint import write_manifest
 
         write_manifest(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     replace(tmp, out)
     return out
 

@@ -158,7 +158,7 @@ def save_eagle3_head(head: Eagle3Head, out, dtype: torch.dtype = torch.bfloat16,
     place); floating tensors in `dtype`, d2t int64, t2d bool."""
     from safetensors.torch import save_file
 
-    from .hf_export import replace, temporary
+    from .hf_export import removed_on_failure, replace, temporary
 
     out = Path(out)
     tmp = temporary(out)
@@ -167,9 +167,10 @@ def save_eagle3_head(head: Eagle3Head, out, dtype: torch.dtype = torch.bfloat16,
     for ours, theirs in HF_NAMES.items():
         tensor = state[ours].detach().cpu()
         tensors[theirs] = (tensor.to(dtype) if tensor.is_floating_point() else tensor).contiguous()
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    (tmp / CONFIG).write_text(json.dumps({**eagle3_config(head, dtype), **(extra_config or {})},
-                                         indent=2))
+    with removed_on_failure(tmp, out):
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps({**eagle3_config(head, dtype),
+                                              **(extra_config or {})}, indent=2))
     replace(tmp, out)
     return out
 

@@ -10,10 +10,12 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from titan_spec.models import get_model_spec
 from titan_spec.models.init import canonical_name
@@ -34,6 +36,32 @@ def temporary(out: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     return tmp
+
+
+class ExportError(ValueError):
+    """A write that failed (a full disk, a write error): its partial folder is gone."""
+
+
+@contextmanager
+def removed_on_failure(tmp: Path | None, out: Path):
+    """Around the writing of `tmp` (the temporary folder of `out`): on a write error remove
+    it and raise one ExportError naming `out`, the free space and the cause; anything already
+    at `out` is untouched (replace() runs only after a complete write)."""
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        if tmp is None:
+            raise
+        free = shutil.disk_usage(tmp.parent).free / 2**20 if tmp.parent.is_dir() else 0.0
+        shutil.rmtree(tmp, ignore_errors=True)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ExportError(f"could not write {out} ({free:.1f} MiB were free on its "
+                          f"filesystem): {type(err).__name__}: {lines[-1] if lines else err}. "
+                          f"Removed the partial {tmp.name}; nothing at {out} changed.") from None
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def replace(tmp: Path, out: Path) -> None:
@@ -151,17 +179,19 @@ def export_hf(model, out, model_name: str, dtype: str, *, writer: bool, max_shar
     adapter, out = get_model_spec(model_name).hf, Path(out)
     params = [(canonical_name(name), param) for name, param in model.named_parameters()]
     tmp = temporary(out) if writer else None
-    weights = HFWeightsWriter(tmp, {name: tuple(p.shape) for name, p in params}, model.args,
-                              adapter, DTYPES[dtype], max_shard_bytes) if writer else None
-    for name, param in params:
-        full = _full(param)  # a collective under FSDP2 / TP / EP: every rank takes part
-        if writer:
-            weights.write(name, full)
-        del full
-    if not writer:
-        return None
-    weights.close()
-    write_metadata(tmp, model.args, adapter, dtype, source_folder, tokenizer)
+    with removed_on_failure(tmp, out):
+        weights = HFWeightsWriter(tmp, {name: tuple(p.shape) for name, p in params},
+                                  model.args, adapter, DTYPES[dtype],
+                                  max_shard_bytes) if writer else None
+        for name, param in params:
+            full = _full(param)  # a collective under FSDP2 / TP / EP: every rank takes part
+            if writer:
+                weights.write(name, full)
+            del full
+        if not writer:
+            return None
+        weights.close()
+        write_metadata(tmp, model.args, adapter, dtype, source_folder, tokenizer)
     replace(tmp, out)
     log.info("exported %s (%s, %d shard(s)) to %s", model_name, dtype, len(weights.shards), out)
     return out
@@ -171,7 +201,8 @@ def write_heads(state: dict, out, kind: str, dtype: str) -> Path:
     """Drafter heads (eagle / mtp) at `out`, through a temporary folder renamed into place."""
     out = Path(out)
     tmp = temporary(out)
-    write_heads_into(tmp, state, kind, dtype)
+    with removed_on_failure(tmp, out):
+        write_heads_into(tmp, state, kind, dtype)
     replace(tmp, out)
     return out
 

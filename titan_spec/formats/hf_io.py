@@ -5,7 +5,6 @@ drafter.safetensors + drafter.json)."""
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from .hf import check_weights, global_shapes, hf_model_args, is_hf_folder
 from .hf_export import (
     HFWeightsWriter,
     copy_tokenizer_files,
+    removed_on_failure,
     replace,
     temporary,
     write_heads_into,
@@ -118,17 +118,13 @@ def write_hf(checkpoint: Checkpoint, out: Path, dtype=None,
     temporary folder, the drafter's renamed first so a complete model means a complete pair."""
     side, tmp_side = drafter_folder(out), None
     tmp = temporary(out)
-    try:
+    with removed_on_failure(tmp, out):
         _write_model(tmp, checkpoint.args, checkpoint.group("model"), dtype,
                      checkpoint.source_folder, checkpoint.source_folder, max_shard_bytes)
         if checkpoint.drafter is not None:
             tmp_side = temporary(side)
-            _write_drafter(checkpoint, tmp_side, dtype, max_shard_bytes)
-    except BaseException:
-        for folder in (tmp, tmp_side):
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-        raise
+            with removed_on_failure(tmp_side, side):
+                _write_drafter(checkpoint, tmp_side, dtype, max_shard_bytes)
     if tmp_side is not None:
         replace(tmp_side, side)
     replace(tmp, out)

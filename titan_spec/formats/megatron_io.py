@@ -6,7 +6,6 @@ Memory: one layer-stacked tensor (Megatron's unit of storage) at a time."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +14,7 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from .dcp_io import description_or_flavor, load_key, save_entries
 from .description import args_of, describe, write_description
-from .hf_export import replace, temporary
+from .hf_export import removed_on_failure, replace, temporary
 from .megatron_names import TOP, fuse, layer_keys, split
 from .store import Checkpoint, ConversionError, Entry, converted
 
@@ -55,16 +54,13 @@ def write_megatron(checkpoint: Checkpoint, out: Path, dtype=None) -> Path:
     entries.update({f"drafter.{name}": converted(e, dtype)
                     for name, e in checkpoint.group("drafter").items()})
     tmp = temporary(out)
-    try:
+    with removed_on_failure(tmp, out):
         save_entries(entries, tmp)
         (tmp / "metadata.json").write_text(json.dumps(BACKEND))
         torch.save({}, tmp / "common.pt")  # Megatron's non-sharded state: none to carry
         description = describe(checkpoint.model_name, args)
         description.update(drafter=checkpoint.drafter, layout="megatron")
         write_description(tmp, description)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     replace(tmp, out)
     return out
 

@@ -5,14 +5,13 @@ description (model, drafter, tensor list) is titan_spec_tensorstore.json beside 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .description import args_of, describe
-from .hf_export import replace, temporary
+from .hf_export import removed_on_failure, replace, temporary
 from .store import Checkpoint, ConversionError, Entry, converted, weights
 
 INDEX = "titan_spec_tensorstore.json"
@@ -53,7 +52,7 @@ def write_tensorstore(checkpoint: Checkpoint, out: Path, dtype=None) -> Path:
 
     tmp = temporary(out)
     tensors = {}
-    try:
+    with removed_on_failure(tmp, out):
         for key, entry in weights(checkpoint).items():
             entry = converted(entry, dtype)
             tensor = entry.read()
@@ -69,9 +68,6 @@ def write_tensorstore(checkpoint: Checkpoint, out: Path, dtype=None) -> Path:
         description = describe(checkpoint.model_name, checkpoint.args)
         description.update(drafter=checkpoint.drafter, tensors=tensors)
         (tmp / INDEX).write_text(json.dumps(description, indent=1))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     replace(tmp, out)
     return out
 
