@@ -212,3 +212,27 @@ def test_a_second_job_on_a_used_dump_folder_is_refused_by_name(tmp_path):
     assert _finish(first)[0] == 75
     keys = [(r["phase"], r["step"]) for r in read_metrics(folder)]
     assert len(keys) == len(set(keys))  # nothing of the refused job in its metrics
+
+
+def test_async_job_is_preempted_and_resumed(tmp_path):
+    """1 learner + 1 rollout rank: the learner saves and exits 75, the rollout rank leaves
+    quietly; the rerun finishes with each RL step once."""
+    job = ("--config", "debug_model.toml", "--sft.steps=2", "--sft.eval_problems=0",
+           "--rl.steps=30", "--rl.prompts_per_step=4", "--rl.group_size=2",
+           "--rl.eval_problems=0", "--rollout.max_new_tokens=12", "--rollout.max_batch_size=4",
+           "--drafter.distill_steps=2", "--training.seq_len=64",
+           "--task.arithmetic.max_digits=2", "--metrics.enable_tensorboard=false",
+           "--async_rl.rollout_ranks=1", "--checkpoint.interval=100")
+    proc = _start(tmp_path, job=job)
+    _wait_for_rl_step(tmp_path, proc, 4)
+    proc.send_signal(signal.SIGUSR1)
+    code, output = _finish(proc)
+    assert code == 75, output[-3000:]
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "preempted" and status["signal"] == "SIGUSR1"
+    verify(tmp_path / "checkpoint" / f"step-{status['step']}")
+    assert "peer rank went away" not in output and "Traceback" not in output
+    code, output = _finish(_start(tmp_path, job=job))
+    assert code == 0, output[-3000:]
+    steps = [r["step"] for r in read_metrics(tmp_path) if r["phase"] == "rl"]
+    assert steps == list(range(3, 33))

@@ -69,3 +69,11 @@ def test_a_load_path_that_is_missing_or_truncated(capsys, tmp_path):
     code, lines = _preflight(capsys, tmp_path, f"--checkpoint.load_path={step}")
     assert code == 2 and len(lines) == 1
     assert "shard.distcp has 5 bytes, the manifest says 10" in lines[0]
+
+
+def test_a_json_file_that_is_not_a_tokenizer_is_named_once(capsys, tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"a": 1}')
+    code, lines = _preflight(capsys, tmp_path, f"--model.tokenizer={tmp_path / 'tok'}")
+    assert code == 2 and len(lines) == 1
+    assert f"{tmp_path / 'tok' / 'tokenizer.json'} is not a Hugging Face tokenizer" in lines[0]
