@@ -217,6 +217,7 @@ class LearnerJob:
         """Distil a learnable drafter from the current policy on the task (once per run)."""
         if self.drafters.online is None or self.state.drafter_warm:
             return
+        run_status.set_phase("drafter warm-up", self.state.step)
         cfg = self.cfg
         record = self.drafters.warm_start(self.learner.verifier, self.task, self.tokenizer,
                                           cfg.training.seq_len, cfg.job.seed, self.env.is_main,

@@ -62,9 +62,10 @@ def head_chain_loss(heads, inputs, mask, target_probs, hidden, embed, output_wei
     for head in heads:
         previous = torch.cat([torch.zeros_like(source[:, :1]), source[:, :-1]], dim=1)
         predicted = head(previous, embeds, positions)
-        head_logits = F.linear(predicted, output_weight)
+        head_logits = F.linear(predicted.to(output_weight.dtype), output_weight)
         soft_ce = soft_cross_entropy(target_probs, head_logits, mask, vocab, 1.0)
-        feature = F.smooth_l1_loss(predicted, hidden, reduction="none").mean(-1)
+        feature = F.smooth_l1_loss(predicted, hidden.to(predicted.dtype),
+                                   reduction="none").mean(-1)
         total = total + (soft_ce + feature_weight * (feature * mask).sum()) / denominator
         source = predicted
     return total / len(heads)

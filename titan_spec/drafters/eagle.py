@@ -44,7 +44,8 @@ class HeadChainDrafter(Drafter):
         self.caches, self.outputs = [], []
 
     def _logits(self, predicted_hidden):
-        return torch.nn.functional.linear(predicted_hidden, self.target.output.weight)
+        weight = self.target.output.weight  # the target's head, in the target's dtype
+        return torch.nn.functional.linear(predicted_hidden.to(weight.dtype), weight)
 
     def _draft_probs(self, predicted, request):
         """The processed draft distribution [B, V] after a head's output [B, dim]."""

@@ -55,8 +55,10 @@ class DraftHead(OneBlockHead):
     def forward(self, prev_hidden, token_embeds, positions, kv_cache=None):
         """prev_hidden [B, T, dim] (h_{j-1}), token_embeds [B, T, dim] (x_j), positions [B, T]
         -> predicted hidden [B, T, dim] (feed it to the target's output head)."""
-        fused = self.fc(torch.cat([self.hidden_norm(prev_hidden),
-                                   self.embed_norm(token_embeds)], dim=-1))
+        # The head keeps its own dtype (fp32 under a bf16 target): inputs come in the target's.
+        dtype = self.fc.weight.dtype
+        fused = self.fc(torch.cat([self.hidden_norm(prev_hidden.to(dtype)),
+                                   self.embed_norm(token_embeds.to(dtype))], dim=-1))
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
         cache = kv_cache.layer(0) if kv_cache is not None else None
         return self.norm(self.block(fused, cos, sin, positions, cache))
