@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import torch
@@ -111,6 +112,15 @@ def run_distributed(world_size: int, config: str, overrides: list[str], tmp_path
                                           stop_at),
                        nprocs=world_size, join=True, start_method="spawn")
     return torch.load(out_file, weights_only=True)
+
+
+def launcher_env(**extra) -> dict:
+    """The environment for running run_train.sh from a test: this venv's python, and none of
+    a surrounding torchrun's variables (the script would take itself for a worker)."""
+    env = dict(os.environ, PYTHON=sys.executable, **extra)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        env.pop(key, None)
+    return env
 
 
 def read_metrics(folder) -> list[dict]:

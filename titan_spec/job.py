@@ -260,7 +260,7 @@ class LearnerJob:
         run_status.set_phase("preemption save", self.state.step)
         path = None
         if self.cfg.checkpoint.enable:
-            path = self.checkpoint.folder / f"step-{self.state.step}"
+            path = self.checkpoint.step_folder(self.state.step)
             if self.saved_step != self.state.step:
                 path = self.save()
         raise stop_signal.Preempted(stop_signal.received() or "a peer rank's signal",

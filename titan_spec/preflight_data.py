@@ -57,8 +57,14 @@ def check_data(cfg, model_vocab: int, max_seq_len: int) -> None:
     task = task_from_config(cfg.task)
     problems = _problems(task, cfg.job.seed)
     seq_len = cfg.training.seq_len
+    prompt_tokens = {}  # id(problem) -> its prompt's tokens: the SFT check needs them again
+
+    def prompt_len_of(problem) -> int:
+        if id(problem) not in prompt_tokens:
+            prompt_tokens[id(problem)] = len(encode_prompt(tokenizer, problem.prompt))
+        return prompt_tokens[id(problem)]
     prompt_len, prompt_of, unit = _longest(problems, max_seq_len, lambda p: p.prompt,
-                                     lambda p: len(encode_prompt(tokenizer, p.prompt)))
+                                           prompt_len_of)
     if (cfg.sft.eval_problems or cfg.rl.eval_problems) and prompt_len >= seq_len:
         raise ValueError(
             f"training.seq_len={seq_len} leaves no room to answer: the task's longest prompt "
@@ -69,10 +75,10 @@ def check_data(cfg, model_vocab: int, max_seq_len: int) -> None:
             f"a prompt has {prompt_len} {unit}{_where(task, prompt_of)} but the model's "
             f"max_seq_len is {max_seq_len}: RL cannot generate after it. Shorten or drop it.")
     if cfg.sft.steps:
-        _check_sft(task, problems, tokenizer, seq_len)
+        _check_sft(task, problems, tokenizer, seq_len, prompt_len_of)
 
 
-def _check_sft(task, problems, tokenizer, seq_len: int) -> None:
+def _check_sft(task, problems, tokenizer, seq_len: int, prompt_len_of) -> None:
     unsolved = next((p for p in problems if not p.solution), None)
     if unsolved is not None:
         raise ValueError(f"SFT needs a reference solution per problem and one has none"
@@ -80,7 +86,7 @@ def _check_sft(task, problems, tokenizer, seq_len: int) -> None:
                          "sft.steps=0 and start from a checkpoint.")
     sft_len, sft_of, unit = _longest(
         problems, seq_len, lambda p: p.prompt + p.solution,
-        lambda p: len(encode_prompt(tokenizer, p.prompt)) + len(tokenizer.encode(p.solution)) + 1)
+        lambda p: prompt_len_of(p) + len(tokenizer.encode(p.solution)) + 1)
     if sft_len > seq_len + 1:
         raise ValueError(
             f"training.seq_len={seq_len} is shorter than the task's SFT samples: one has "

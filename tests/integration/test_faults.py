@@ -4,16 +4,14 @@ exception on one rank. Each time the job ends as promised, and the reruns finish
 uninterrupted run gives."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import compare_records, read_metrics, stable_metrics
+from tests.helpers import compare_records, launcher_env, read_metrics, stable_metrics
 from titan_spec.components.checkpoint import verify
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -27,10 +25,7 @@ SUMMARY_ROWS = ("RL steps", "reward (first 5", "greedy held-out accuracy")
 
 
 def _env():
-    env = dict(os.environ, PYTHON=sys.executable, NPROC="2")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(key, None)
-    return env
+    return launcher_env(NPROC="2")
 
 
 def _start(folder: Path, *extra: str, job: tuple = tuple(JOB)) -> subprocess.Popen:

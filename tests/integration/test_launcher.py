@@ -1,7 +1,6 @@
 """run_train.sh end to end: spawning torchrun itself and as a worker under an external
 `torchrun --no-python` (same losses), and an impossible layout refused before any worker."""
 
-import os
 import subprocess
 import sys
 import time
@@ -9,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_metrics
+from tests.helpers import launcher_env, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,19 +18,13 @@ ARGS = ["--config", "debug_model.toml", "--sft.steps=6", "--rl.steps=0",
         "--checkpoint.enable=false", "--metrics.log_freq=2"]
 
 
-def _env(**extra):
-    env = dict(os.environ, PYTHON=sys.executable, **extra)
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 def _launch(folder, *extra, torchrun=False):
     cmd = [str(ROOT / "run_train.sh"), *ARGS, f"--job.dump_folder={folder}", *extra]
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", "--no-python", *cmd]
-    proc = subprocess.run(cmd, env=_env(NPROC="2"), capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, env=launcher_env(NPROC="2"), capture_output=True, text=True,
+                          cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = read_metrics(folder)
     evals = [r for r in records if r["phase"] == "eval"]
@@ -57,7 +50,7 @@ def test_impossible_layout_fails_fast_with_the_fix(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run([str(ROOT / "run_train.sh"), *ARGS, "--parallelism.tp=3",
                            f"--job.dump_folder={tmp_path}"],
-                          env=_env(NPROC="2"), capture_output=True, text=True, cwd=ROOT)
+                          env=launcher_env(NPROC="2"), capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
     assert "tp=3" in proc.stderr and "tp can be one of [1, 2]" in proc.stderr
     assert time.perf_counter() - start < 30  # no worker was started

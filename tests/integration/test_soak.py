@@ -2,14 +2,12 @@
 every step (`rss_memory_gib`), grows by less than LEAK_BOUND_MIB after a 50-step warm-up. A
 leak test, not a timing test: measured here, the growth over steps 50-300 was 0.6 MiB."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import read_metrics
+from tests.helpers import launcher_env, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,9 +15,7 @@ STEPS, WARM_UP, LEAK_BOUND_MIB = 300, 50, 16.0
 
 
 def test_300_rl_steps_do_not_grow_the_resident_set(tmp_path):
-    env = dict(os.environ, PYTHON=sys.executable, NPROC="2")
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
-        env.pop(key, None)
+    env = launcher_env(NPROC="2")
     done = subprocess.run(
         [str(ROOT / "run_train.sh"), "--config", "debug_model.toml", "--sft.steps=3",
          "--sft.eval_problems=0", f"--rl.steps={STEPS}", "--rl.prompts_per_step=4",

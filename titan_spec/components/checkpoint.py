@@ -27,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from .run_status import last_line
+
 log = logging.getLogger("titan_spec")
 STEP_RE = re.compile(r"step-(\d+)")
 MANIFEST = "manifest.json"
@@ -88,12 +90,6 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _cause(err: BaseException) -> str:
-    """The last line of an error: DCP wraps each rank's traceback in its exception text."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return lines[-1] if lines else repr(err)
-
-
 def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -113,45 +109,44 @@ def check_load_path(cfg) -> None:
     """The launcher's check of checkpoint.load_path: a step folder whose manifest lists files
     that exist with their sizes (hashes are the workers' to check)."""
     if cfg.load_path:
-        path = Path(cfg.load_path)
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
-                                  "step-N folder of a run's checkpoint folder.")
-        verify(path, hashes=False)
+        _verified_load_path(cfg.load_path, hashes=False)
+
+
+def _verified_load_path(load_path: str, hashes: bool = True) -> Path:
+    path = Path(load_path)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
+                              "step-N folder of a run's checkpoint folder.")
+    verify(path, hashes)
+    return path
 
 
 def _resume_point(cfg, folder: Path) -> Path | None:
     if cfg.load_path:
-        path = Path(cfg.load_path)
-        if not path.is_dir():
-            raise CheckpointError(f"checkpoint.load_path={path} is not a folder; give a "
-                                  f"step-N folder such as {folder}/step-100.")
-        verify(path)
-        return path
+        return _verified_load_path(cfg.load_path)
     if not (cfg.enable and cfg.resume):
         return None
+    newest = newest_valid(folder, on_damaged=lambda err: log.warning(
+        "skipping damaged checkpoint (%s); trying an older one", err))
     found = list_checkpoints(folder)
-    for _, path in reversed(found):
-        try:
-            verify(path)
-            return path
-        except CheckpointError as err:
-            log.warning("skipping damaged checkpoint (%s); trying an older one", err)
-    if found:  # starting over would overwrite them with the same step numbers
+    if newest is None and found:  # starting over would overwrite them with the same steps
         raise CheckpointError(
             f"every checkpoint in {folder} is damaged ({', '.join(p.name for _, p in found)}); "
             "nothing to resume from. Restore one, or start over with "
             "--checkpoint.resume=false (saves of the same steps then replace those folders).")
-    return None
+    return newest
 
 
-def newest_valid(folder: Path) -> Path | None:
+def newest_valid(folder: Path, hashes: bool = True, on_damaged=None) -> Path | None:
+    """The newest step folder that verifies (without `hashes`: complete, sizes right);
+    on_damaged(err) hears of each newer one that does not."""
     for _, path in reversed(list_checkpoints(folder)):
         try:
-            verify(path)
+            verify(path, hashes)
             return path
-        except CheckpointError:
-            continue
+        except CheckpointError as err:
+            if on_damaged is not None:
+                on_damaged(err)
     return None
 
 
@@ -202,18 +197,21 @@ class CheckpointManager:
             free = shutil.disk_usage(self.folder).free if self.folder.is_dir() else 0
             if self.rank == 0:
                 shutil.rmtree(tmp, ignore_errors=True)
-            kept = newest_valid(self.folder)
+            kept = newest_valid(self.folder, hashes=False)  # no rehashing of every file
             failure = CheckpointError(
                 f"could not save checkpoint step-{step} in {self.folder} "
-                f"({free / 2**20:.1f} MiB were free on its filesystem): {_cause(err)}. "
+                f"({free / 2**20:.1f} MiB were free on its filesystem): {last_line(err)}. "
                 f"Removed the partial {tmp.name}; the newest valid checkpoint, "
                 f"{kept.name if kept else 'none'}, is kept.")
             # DCP gathers every rank's error and raises it on all of them.
             failure.same_on_every_rank = isinstance(err, CheckpointException)
             raise failure from None
 
+    def step_folder(self, step: int) -> Path:
+        return self.folder / f"step-{step}"
+
     def _save(self, step: int, train_state: dict, skip: tuple, tmp: Path) -> Path:
-        final = self.folder / f"step-{step}"
+        final = self.step_folder(step)
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -258,7 +256,7 @@ class CheckpointManager:
                     set_optimizer_state_dict(module, optimizer, state[f"{name}_optim"])
         except (Exception, CheckpointException) as err:  # DCP wraps per-rank tracebacks
             raise CheckpointError(
-                f"could not load checkpoint {path} into this model ({_cause(err)}). "
+                f"could not load checkpoint {path} into this model ({last_line(err)}). "
                 "Check that model.name/flavor match the run that saved it."
             ) from err
         train_state = json.loads((path / TRAIN_STATE).read_text())

@@ -77,10 +77,21 @@ def is_peer_loss(err: BaseException) -> bool:
                                                  for s in _PEER_LOSS)
 
 
-def _first_line(err: BaseException, limit: int = 120) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+def _lines(err: BaseException) -> list[str]:
+    return [line.strip() for line in str(err).splitlines() if line.strip()]
+
+
+def first_line(err: BaseException, limit: int = 120) -> str:
+    """An error's first line, cut to `limit` characters (gloo's messages run long)."""
+    lines = _lines(err)
     line = lines[0] if lines else type(err).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def last_line(err: BaseException) -> str:
+    """An error's last line: its cause, where DCP wraps each rank's traceback in the text."""
+    lines = _lines(err)
+    return lines[-1] if lines else repr(err)
 
 
 def report_failure(err: BaseException, rank: int) -> None:
@@ -93,7 +104,7 @@ def report_failure(err: BaseException, rank: int) -> None:
 
         if received():  # the job is being stopped: peers leaving is what was asked for
             return
-        print(f"titan-spec: {where}: stopped, a peer rank went away ({_first_line(err)}); "
+        print(f"titan-spec: {where}: stopped, a peer rank went away ({first_line(err)}); "
               "the failing rank reports the cause.", file=sys.stderr, flush=True)
         return
     if isinstance(err, KeyboardInterrupt):

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
+from titan_spec.components.run_status import last_line
 from titan_spec.models import get_model_spec
 from titan_spec.models.init import canonical_name
 
@@ -54,9 +55,8 @@ def removed_on_failure(tmp: Path | None, out: Path):
             raise
         free = shutil.disk_usage(tmp.parent).free / 2**20 if tmp.parent.is_dir() else 0.0
         shutil.rmtree(tmp, ignore_errors=True)
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ExportError(f"could not write {out} ({free:.1f} MiB were free on its "
-                          f"filesystem): {type(err).__name__}: {lines[-1] if lines else err}. "
+                          f"filesystem): {type(err).__name__}: {last_line(err)}. "
                           f"Removed the partial {tmp.name}; nothing at {out} changed.") from None
     except BaseException:
         if tmp is not None:
