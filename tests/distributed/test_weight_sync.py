@@ -55,6 +55,9 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
         return {"sent": report.bytes, "buckets": report.buckets}
     group = rollout_dims.mesh("tp").get_group() if rollout_tp > 1 else None
     rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group)
+    with torch.no_grad():  # to_empty leaves garbage (NaN != NaN): start from a known value
+        for param in rollout.parameters():
+            param.fill_(-7.0)
     before = {canonical_name(n): p.clone() for n, p in rollout.named_parameters()}
     shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
     try:
