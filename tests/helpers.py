@@ -131,7 +131,10 @@ def _function_worker(rank, world_size, port, fn, args, out_file):
     _env(rank, world_size, port)
     import torch.distributed as dist
 
+    from titan_spec import comm
+
     dist.init_process_group("gloo")
+    comm.configure(torch.device("cpu"))  # as setup_distributed: the control plane's group
     result = fn(rank, world_size, *args)
     if rank == 0:
         torch.save(result, out_file)
@@ -231,3 +234,33 @@ def check_golden(name: str, records: list[dict], rel: float = 1e-5) -> None:
         return
     errors = compare_records(json.loads(path.read_text()), records, rel)
     assert not errors, f"metrics differ from {path}:\n" + "\n".join(errors[:20])
+
+
+# Call sites that carry host messages: on the control plane in every job.
+CONTROL_SITES = {
+    "titan_spec.rl.async_rl.queue.send_message", "titan_spec.rl.async_rl.queue.recv_message",
+    "titan_spec.rl.async_rl.queue.broadcast_messages",
+    "titan_spec.rl.async_rl.schedule.share_start_point",
+    "titan_spec.components.stop_signal.agreed", "titan_spec.runtime.close_distributed",
+    "titan_spec.parallel.weight_sync.header_ready",
+}
+
+
+def _read_comm_log(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def assert_planes(path, expected_control: set[str], expected_data: set[str] = frozenset()):
+    """A job's TITAN_SPEC_COMM_LOG (titan_spec/comm.py): every call on its plane's device;
+    the listed control sites seen, and every control site only on the control plane (a host
+    message on the data plane would be a CPU tensor handed to NCCL on a GPU machine)."""
+    rows = _read_comm_log(path)
+    assert rows, "no communication was logged"
+    for row in rows:
+        allowed = {"cpu"} if row["plane"] == "control" else {row["data_device"]}
+        assert set(row["devices"]) <= allowed, row
+        if row["caller"] in CONTROL_SITES:
+            assert row["plane"] == "control", row
+    for plane, expected in (("control", expected_control), ("data", expected_data)):
+        seen = {row["caller"] for row in rows if row["plane"] == plane}
+        assert expected <= seen, (plane, expected - seen)

@@ -7,8 +7,8 @@ import random
 
 import torch
 
+from titan_spec.comm import all_reduce_dp
 from titan_spec.data.tokenizer import encode_prompt
-from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.rollout.greedy import greedy_decode
 
 

@@ -77,6 +77,7 @@ class LearnerJob:
         self.lock = lock
         self.tokenizer, self.task = tokenizer, task
         self.group = layout.learner_group if layout is not None else None
+        self.control = layout.learner_control if layout is not None else None
         # A run that will resume need not read its initial weights first.
         self.resume_path = find_resume_point(cfg.checkpoint,
                                              Path(cfg.job.dump_folder) / cfg.checkpoint.folder)
@@ -100,7 +101,7 @@ class LearnerJob:
         # The KL reference holds the policy at RL start (frozen then, or loaded with a resume).
         resumed, self.reference_ready = self._resume()
         if layout is not None:  # the rollout ranks learn where the run resumes
-            share_start_point(env.device, self.state.step, self.state.policy_version)
+            share_start_point(self.state.step, self.state.policy_version)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
                                      env.is_main, self.state.step if resumed else None)
         self.saved_step = self.state.step if resumed else None
@@ -255,7 +256,7 @@ class LearnerJob:
         """Preemption: when any learner rank got SIGTERM / SIGUSR1, all of them stop after this
         step, with its checkpoint (the save is skipped when this step's is already written).
         The last step ends the run anyway: its evaluation and summary are not put off."""
-        if self.state.step >= last_step or not stop_signal.agreed(self.env.device, self.group):
+        if self.state.step >= last_step or not stop_signal.agreed(self.control):
             return
         run_status.set_phase("preemption save", self.state.step)
         path = None
@@ -279,7 +280,7 @@ class LearnerJob:
         if self.drafters.trainable is not None:
             self.drafters.export(out.with_name(out.name + "-drafter"), self.cfg.model.name,
                                  ckpt.export_dtype, **options)
-        barrier(self.group)
+        barrier(self.control)
 
     def close(self) -> None:
         self.metrics.close()

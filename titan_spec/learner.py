@@ -12,12 +12,12 @@ from contextlib import contextmanager, nullcontext
 import torch
 from torch import nn
 
+from titan_spec.comm import all_reduce_dp
 from titan_spec.components.lr_scheduler import build_lr_scheduler
 from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
 from titan_spec.formats.initial_load import hf_folder, load_initial_weights, model_args
 from titan_spec.models import build_model_from_args, get_model_spec
 from titan_spec.models.init import init_weights, materialize
-from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.parallel.plans import parallelize
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
 from titan_spec.parallel.verifier import colocated_verifier

@@ -16,6 +16,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from titan_spec import comm
+
 
 @dataclass
 class Env:
@@ -29,13 +31,6 @@ class Env:
 
 
 PR_SET_PDEATHSIG = 1
-_TIMEOUT: dict = {"pg": None}
-
-
-def new_group(ranks: list[int]):
-    """A process group over `ranks` with the job's collective timeout (new_group's own
-    default is the backend's, 30 minutes for gloo)."""
-    return dist.new_group(ranks, timeout=_TIMEOUT["pg"])
 
 
 def die_with_parent() -> None:
@@ -70,9 +65,9 @@ def setup_distributed(training_cfg, timeout_s: float | None = None) -> Env:
         torch.set_num_threads(training_cfg.threads_per_rank)
     if world_size > 1 and not dist.is_initialized():
         timeout = timedelta(seconds=timeout_s) if timeout_s else None
-        _TIMEOUT["pg"] = timeout
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout,
                                 device_id=device if use_cuda else None)
+    comm.configure(device, timeout_s)  # the data plane's device, the control plane's group
     return Env(rank, world_size, device)
 
 
@@ -81,7 +76,7 @@ def close_distributed() -> None:
     if dist.is_initialized():
         # Without the barrier a rank that finishes first can tear gloo down while a peer's
         # last collective is still in flight (seen as 'terminate called' aborts).
-        dist.barrier()
+        comm.barrier()
         dist.destroy_process_group()
 
 

@@ -10,8 +10,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from titan_spec.comm import all_reduce_dp
 from titan_spec.components.metrics import memory_record
-from titan_spec.parallel.comm import all_reduce_dp
 
 
 def token_loss_sum(logits, targets, mask) -> torch.Tensor:

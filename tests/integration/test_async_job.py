@@ -4,7 +4,7 @@ weight updates. (The 4-rank MoE job on two replicas is the golden async test.)""
 
 import pytest
 
-from tests.helpers import read_metrics, run_function, train_job
+from tests.helpers import CONTROL_SITES, assert_planes, read_metrics, run_function, train_job
 
 ASYNC_FAST = [
     "--sft.steps=2", "--sft.eval_problems=0", "--rl.steps=4", "--rl.prompts_per_step=4",
@@ -48,10 +48,12 @@ def _rl(folder):
 
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
-def test_async_moe_config_on_a_tensor_parallel_replica(tmp_path):
+def test_async_moe_config_on_a_tensor_parallel_replica(tmp_path, monkeypatch):
     """The learner trains with EP; the rollout mesh generates with every expert's columns
     split over one tp = 2 replica, whose ranks agree on when to switch weights under the drop
-    rule. (Two whole replicas under the wait rule: the golden async test.)"""
+    rule. (Two whole replicas under the wait rule: the golden async test.) Queue messages,
+    headers, the start point and the stop agreement travel on the control plane."""
+    monkeypatch.setenv("TITAN_SPEC_COMM_LOG", str(tmp_path / "comm.jsonl"))
     run_function(4, _train, tmp_path, "debug_moe_async.toml",
                  [f"--job.dump_folder={tmp_path}", "--rl.steps=3", "--async_rl.rollout_tp=2",
                   "--async_rl.stale_batches=drop"])
@@ -64,6 +66,9 @@ def test_async_moe_config_on_a_tensor_parallel_replica(tmp_path):
         assert key in records[0], key
     assert records[0]["is_weight_max"] == 1.0  # on-policy: exactly the synchronous loss
     assert all(r["policy_lag_max"] <= 1 or r["dropped_fraction"] == 1.0 for r in records)
+    assert_planes(tmp_path / "comm.jsonl", CONTROL_SITES,  # weights and EP tokens: on device
+                  {"titan_spec.parallel.weight_sync.receive",
+                   "titan_spec.parallel.expert_parallel.forward"})
 
 
 @pytest.mark.distributed

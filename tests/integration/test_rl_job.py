@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from tests.helpers import RL_FAST, read_metrics, run_function, train_job
+from tests.helpers import RL_FAST, assert_planes, read_metrics, run_function, train_job
 
 PER_STEP = ["reward_mean", "accuracy", "response_len_mean", "rollout_tokens_per_s",
             "acceptance_length", "acceptance_rate_per_position", "logprob_mismatch_max",
@@ -37,11 +37,15 @@ def _check_records(records, k=4):
 
 @pytest.mark.distributed
 @pytest.mark.timeout(300)
-def test_colocated_rl_with_tensor_parallel_verifier(tmp_path):
-    """tp = 2: the verifier view stays tensor-parallel. (2 FSDP2 ranks: the golden sync test.)"""
+def test_colocated_rl_with_tensor_parallel_verifier(tmp_path, monkeypatch):
+    """tp = 2: the verifier view stays tensor-parallel (2 FSDP2 ranks: the golden sync test);
+    its stop agreement and barriers travel on the control plane."""
+    monkeypatch.setenv("TITAN_SPEC_COMM_LOG", str(tmp_path / "comm.jsonl"))
     run_function(2, _train, tmp_path, ["--parallelism.tp=2", "--parallelism.dp_shard=1",
                                        f"--job.dump_folder={tmp_path}"])
     _check_records(_rl_records(tmp_path))
+    assert_planes(tmp_path / "comm.jsonl", {"titan_spec.components.stop_signal.agreed",
+                                            "titan_spec.runtime.close_distributed"})
 
 
 @pytest.mark.distributed

@@ -27,6 +27,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from titan_spec import comm
+
 from .run_status import last_line
 
 log = logging.getLogger("titan_spec")
@@ -169,7 +171,7 @@ class CheckpointManager:
 
     def _barrier(self) -> None:
         if _dist():
-            dist.barrier(group=self.group)
+            comm.barrier(group=self.group)
 
     def _state(self, extras) -> dict:
         state = {"model": get_model_state_dict(self.model),

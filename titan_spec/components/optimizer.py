@@ -6,8 +6,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
+
+from titan_spec import comm
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -49,7 +50,7 @@ def global_grad_norm(params) -> torch.Tensor:
                 # Anything but Replicate (Shard, _StridedShard from FSDP2 over TP, Partial)
                 # holds a part of the sum.
                 if not placement.is_replicate():
-                    dist.all_reduce(local_sum, group=mesh.get_group(axis))
+                    comm.all_reduce(local_sum, group=mesh.get_group(axis))
         total = total + local_sum.cpu()
     return total.sqrt()
 

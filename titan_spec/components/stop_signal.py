@@ -13,6 +13,8 @@ import signal
 import torch
 import torch.distributed as dist
 
+from titan_spec import comm
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: not done, run the same command again to resume
 
@@ -34,12 +36,14 @@ def received() -> str | None:
     return _received[0] if _received else None
 
 
-def agreed(device: torch.device, group=None) -> bool:
-    """True on every rank of `group` (None: the default group) when any of them received a
-    stop signal; a collective, so every rank of the group must call it at the same point."""
-    wanted = torch.tensor([int(bool(_received))], device=device)
+def agreed(group=None) -> bool:
+    """True on every rank of `group` (a control group; None: the world's) when any of them
+    received a stop signal; a collective, so every rank of the group must call it at the same
+    point. A host all-reduce on the control plane: no device sync at each step's end."""
+    wanted = torch.tensor([int(bool(_received))])
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(wanted, op=dist.ReduceOp.MAX, group=group)
+        comm.all_reduce(wanted, op=comm.MAX, group=group if group is not None
+                        else comm.control_group())
     return bool(wanted.item())
 
 

@@ -12,7 +12,8 @@ import logging
 import math
 
 import torch
-import torch.distributed as dist
+
+from titan_spec import comm
 
 log = logging.getLogger("titan_spec")
 
@@ -46,7 +47,7 @@ class OnlineDrafter:
         loss = self._loss_sum.clone()
         if self.dp_group is not None:
             packed = torch.cat([g.reshape(-1) for g in flat] + [loss.to(flat[0].device).view(1)])
-            dist.all_reduce(packed, group=self.dp_group)
+            comm.all_reduce(packed, group=self.dp_group)
             offset = 0
             for grad in flat:
                 grad.copy_(packed[offset:offset + grad.numel()].view_as(grad))

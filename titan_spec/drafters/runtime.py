@@ -9,8 +9,8 @@ import os
 import time
 
 import torch
-import torch.distributed as dist
 
+from titan_spec import comm
 from titan_spec.formats.eagle3_hf import (
     head_spec,
     is_eagle3_folder,
@@ -141,7 +141,7 @@ class DrafterRuntime:
                                        seq_len=seq_len, log=log.info if is_main else None)
             if replicas > 1:
                 for param in self.module.parameters():
-                    dist.broadcast(param.data, src=0, group=group)
+                    comm.broadcast(param.data, 0, group=group)
         return {"phase": "drafter_warmup", "steps": steps, "kind": self.trainable.kind,
                 "time_s": time.perf_counter() - start}
 

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from safetensors import SafetensorError
 
+from titan_spec import comm
 from titan_spec.components.run_status import last_line
 from titan_spec.models import get_model_spec
 from titan_spec.models.init import canonical_name
@@ -77,7 +78,7 @@ def replace(tmp: Path, out: Path) -> None:
 
 def barrier(group=None) -> None:
     if dist.is_available() and dist.is_initialized():
-        dist.barrier(group=group)
+        comm.barrier(group=group)
 
 
 def _shard_name(index: int, count: int) -> str:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from titan_spec import comm
+
 UNIT = 2.0**40  # fixed point of probability masses: exact sums in any order (vocab < 2**23)
 _NO_ID = torch.iinfo(torch.long).max
 
@@ -61,7 +63,7 @@ class VocabShard:
     # ---------------------------------------------------------------- reductions
     def _reduce(self, tensor: torch.Tensor, op) -> torch.Tensor:
         if self.group is not None:
-            dist.all_reduce(tensor, op=op, group=self.group)
+            comm.all_reduce(tensor, op=op, group=self.group)
         return tensor
 
     def total(self, partial: torch.Tensor) -> torch.Tensor:
@@ -110,5 +112,5 @@ class VocabShard:
             local = torch.cat([local, pad], dim=-1)
         world = dist.get_world_size(self.group)
         gathered = [torch.empty_like(local) for _ in range(world)]
-        dist.all_gather(gathered, local.contiguous(), group=self.group)
+        comm.all_gather(gathered, local.contiguous(), group=self.group)
         return torch.cat(gathered, dim=-1).topk(k, dim=-1).values[..., -1:]

@@ -9,10 +9,11 @@ the gradient of every token routed to it from any rank."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import Shard, distribute_module, distribute_tensor
 from torch.distributed.tensor.parallel import ParallelStyle
+
+from titan_spec import comm
 
 
 class _AllToAll(torch.autograd.Function):
@@ -22,13 +23,13 @@ class _AllToAll(torch.autograd.Function):
     def forward(ctx, tokens, output_splits, input_splits, group):
         ctx.group, ctx.output_splits, ctx.input_splits = group, output_splits, input_splits
         out = tokens.new_empty((sum(output_splits), *tokens.shape[1:]))
-        dist.all_to_all_single(out, tokens.contiguous(), output_splits, input_splits, group=group)
+        comm.all_to_all_single(out, tokens.contiguous(), output_splits, input_splits, group=group)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_in = grad_out.new_empty((sum(ctx.input_splits), *grad_out.shape[1:]))
-        dist.all_to_all_single(grad_in, grad_out.contiguous(), ctx.input_splits,
+        comm.all_to_all_single(grad_in, grad_out.contiguous(), ctx.input_splits,
                                ctx.output_splits, group=ctx.group)
         return grad_in, None, None, None
 
@@ -57,7 +58,7 @@ class ExpertParallel(ParallelStyle):
         num_local = tokens_per_expert.numel() // ep
         send_counts = tokens_per_expert.view(ep, num_local)
         recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts, group=group)  # [src rank, local expert]
+        comm.all_to_all_single(recv_counts, send_counts, group=group)  # [src rank, local expert]
         input_splits = send_counts.sum(1).tolist()
         output_splits = recv_counts.sum(1).tolist()
         received = all_to_all(routed_input, output_splits, input_splits, group)

@@ -15,9 +15,9 @@ sync cuts with it, the dry run sizes with it, and the tests check against it."""
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from titan_spec import comm
 from titan_spec.models.qwen3.moe import GroupedExperts
 
 from .tensor_parallel import swap_row_parallel
@@ -87,7 +87,7 @@ class TensorParallelExperts(GroupedExperts):
 
     def forward(self, routed_input: torch.Tensor, tokens_per_expert: torch.Tensor):
         out = super().forward(routed_input, tokens_per_expert)
-        dist.all_reduce(out, group=self.group)
+        comm.all_reduce(out, group=self.group)
         return out
 
 

@@ -9,7 +9,6 @@ only the local heads, so their weight gradients are partial sums across tp ranks
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import Replicate
@@ -18,6 +17,8 @@ from torch.distributed.tensor.parallel import (
     RowwiseParallel,
     parallelize_module,
 )
+
+from titan_spec import comm
 
 PARTIAL_GRAD_ATTR = "_tp_partial_grad_params"
 # Row-parallel projections of a block: their outputs are partial sums over tp ranks.
@@ -82,7 +83,7 @@ def reduce_partial_grads(model: nn.Module) -> None:
         return
     locals_ = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
     flat = torch.cat([t.reshape(-1) for t in locals_])
-    dist.all_reduce(flat, group=tp_mesh.get_group())
+    comm.all_reduce(flat, group=tp_mesh.get_group())
     offset = 0
     for t in locals_:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
@@ -108,7 +109,7 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x):
         out = F.linear(x, self.weight)
-        dist.all_reduce(out, group=self.group)
+        comm.all_reduce(out, group=self.group)
         return out
 
 

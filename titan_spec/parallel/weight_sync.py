@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from titan_spec import comm
 from titan_spec.models.init import canonical_name
-from titan_spec.runtime import new_group
 
 from .rollout_layout import rollout_slice
 
@@ -105,11 +105,17 @@ class WeightSync:
         self.rollout_tp, self.rollout_tp_rank = rollout_tp, rollout_tp_rank
         self.n_kv_heads = n_kv_heads
         # new_group is collective over the default group: every rank builds every one.
+        # Buckets travel on the data plane; the header on the control plane, so that a rollout
+        # rank polls a host receive between batches, not a posted NCCL kernel.
         parts = fanout or [self.rollout_ranks]
-        self.groups = [new_group([source_rank] + part) for part in parts]
+        self.groups = [comm.new_group([source_rank] + part) for part in parts]
+        self.header_groups = [comm.new_group([source_rank] + part, comm.CONTROL)
+                              for part in parts]
         self.rank = dist.get_rank()
-        mine = [group for group, part in zip(self.groups, parts, strict=True) if self.rank in part]
-        self.group = mine[0] if mine else None  # a rollout rank's broadcast
+        mine = [i for i, part in enumerate(parts) if self.rank in part]
+        # a rollout rank's broadcasts
+        self.group = self.groups[mine[0]] if mine else None
+        self.header_group = self.header_groups[mine[0]] if mine else None
 
     # ------------------------------------------------------------------ learner side
     def send(self, model: nn.Module, version: int) -> SyncReport:
@@ -120,8 +126,8 @@ class WeightSync:
         groups = bucket_groups([(name, p.shape) for name, p in params.items()],
                                self.bucket_bytes)
         if self.rank == self.source_rank:
-            self._launch(torch.tensor([version, len(groups)], dtype=torch.int64,
-                                      device=self.device))
+            self._launch(torch.tensor([version, len(groups)], dtype=torch.int64),
+                         self.header_groups)
         for group in groups:
             fulls = [_full(params[name]).float().reshape(-1) for name, _ in group]
             if self.rank == self.source_rank:
@@ -130,20 +136,19 @@ class WeightSync:
 
     def _broadcast(self, tensors: list[torch.Tensor]) -> int:
         bucket = torch.cat(tensors)
-        self._launch(bucket)
-        self._launch(checksum(bucket))
+        self._launch(bucket, self.groups)
+        self._launch(checksum(bucket), self.groups)
         return bucket.numel() * bucket.element_size()
 
-    def _launch(self, tensor: torch.Tensor) -> None:
+    def _launch(self, tensor: torch.Tensor, groups: list) -> None:
         """Non-blocking broadcast from the source: the rollout side takes it between batches,
         so a blocking send would idle the learner until the current batch is generated."""
         while self._in_flight and self._in_flight[0][0].is_completed():
             self._in_flight.popleft()  # received: its buffer can go
         while self._in_flight and self._staged() + tensor.nbytes > self.staging_bytes:
-            work, _ = self._in_flight.popleft()
-            work.wait()
-        for group in self.groups:
-            work = dist.broadcast(tensor, src=self.source_rank, group=group, async_op=True)
+            comm.wait_on_host(*self._in_flight.popleft())
+        for group in groups:
+            work = comm.broadcast(tensor, self.source_rank, group=group, async_op=True)
             self._in_flight.append((work, tensor))
 
     def _staged(self) -> int:
@@ -152,8 +157,7 @@ class WeightSync:
     def wait(self) -> None:
         """Until the rollout side has received everything sent (call before shutting down)."""
         while self._in_flight:
-            work, _ = self._in_flight.popleft()
-            work.wait()
+            comm.wait_on_host(*self._in_flight.popleft())
 
     # ------------------------------------------------------------------ rollout side
     def _local_params(self, model: nn.Module, full_shapes: dict) -> dict:
@@ -168,8 +172,9 @@ class WeightSync:
         """Rollout ranks, without blocking: has the next sync's header arrived? (Posts its
         receive on first call; call only when a sync is still to come.)"""
         if self._header is None:
-            buffer = torch.empty(2, dtype=torch.int64, device=self.device)
-            work = dist.broadcast(buffer, src=self.source_rank, group=self.group, async_op=True)
+            buffer = torch.empty(2, dtype=torch.int64)
+            work = comm.broadcast(buffer, self.source_rank, group=self.header_group,
+                                  async_op=True)
             self._header = (work, buffer)
         return self._header[0].is_completed()
 
@@ -197,9 +202,9 @@ class WeightSync:
         for index, group in enumerate(groups):
             numel = sum(torch.Size(shape).numel() for _, shape in group)
             bucket = torch.empty(numel, dtype=torch.float32, device=self.device)
-            dist.broadcast(bucket, src=self.source_rank, group=self.group)
+            comm.broadcast(bucket, self.source_rank, group=self.group)
             expected = torch.empty(1, dtype=torch.int64, device=self.device)
-            dist.broadcast(expected, src=self.source_rank, group=self.group)
+            comm.broadcast(expected, self.source_rank, group=self.group)
             bucket = self.on_arrival(bucket, index)
             if torch.equal(checksum(bucket), expected):
                 self._apply(bucket, group, named)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from titan_spec.parallel.comm import dp_max, dp_sum
+from titan_spec.comm import dp_max, dp_sum
 from titan_spec.rollout.context_buckets import rates_by_context
 
 from .rollout_batch import RolloutBatch, logprob_mismatch

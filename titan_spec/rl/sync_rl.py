@@ -9,8 +9,8 @@ advantages, normalised by the global number of completion tokens."""
 
 from __future__ import annotations
 
+from titan_spec.comm import all_reduce_dp
 from titan_spec.components.metrics import StepTimer, memory_record
-from titan_spec.parallel.comm import all_reduce_dp
 
 from .metrics import RolloutStats, batch_record
 

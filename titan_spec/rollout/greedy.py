@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from titan_spec import comm
+
 from .kv_cache import KVCache
 
 
@@ -58,12 +60,12 @@ def _agree(value: int, op, device, group=None) -> int:
     if not dist.is_initialized():
         return value
     tensor = torch.tensor(value, device=device)
-    dist.all_reduce(tensor, op=op, group=group)
+    comm.all_reduce(tensor, op=op, group=group)
     return int(tensor)
 
 
 def _all_done(finished: torch.Tensor, group=None) -> bool:
     done = finished.all().to(torch.int32)
     if dist.is_initialized():
-        dist.all_reduce(done, op=dist.ReduceOp.MIN, group=group)
+        comm.all_reduce(done, op=dist.ReduceOp.MIN, group=group)
     return bool(done)

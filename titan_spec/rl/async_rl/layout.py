@@ -7,11 +7,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from titan_spec import comm
 from titan_spec.formats.initial_load import model_args
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.weight_sync import DEFAULT_STAGING_BYTES, WeightSync
 from titan_spec.preflight import split_world
-from titan_spec.runtime import new_group
 
 from .queue import RolloutQueue
 
@@ -22,7 +22,8 @@ log = logging.getLogger("titan_spec")
 class AsyncLayout:
     learner_dims: ParallelDims
     rollout_dims: ParallelDims
-    learner_group: object
+    learner_group: object  # data plane
+    learner_control: object  # control plane: the stop agreement, barriers, queue broadcasts
     policy_sync: WeightSync
     drafter_sync: WeightSync
     queue: RolloutQueue
@@ -32,7 +33,9 @@ def build_async_layout(cfg, env) -> AsyncLayout:
     learner, rollout = split_world(cfg, env.world_size)
     learner.build_meshes(env.device.type)
     rollout.build_meshes(env.device.type)
-    learner_group = new_group(list(range(learner.world_size)))
+    learner_ranks = list(range(learner.world_size))
+    learner_group = comm.new_group(learner_ranks)
+    learner_control = comm.new_group(learner_ranks, comm.CONTROL)
     rollout_ranks = list(range(learner.world_size, env.world_size))
     tp = cfg.async_rl.rollout_tp
     tp_rank = rollout.tp_rank() if rollout.contains(env.rank) else 0
@@ -54,6 +57,7 @@ def build_async_layout(cfg, env) -> AsyncLayout:
     drafter_sync = WeightSync(0, rollout_ranks, device=env.device, fanout=fanout,
                               staging_bytes=staging)  # drafters: held whole
     leaders = rollout_ranks[::tp]
-    queue = RolloutQueue(cfg.async_rl.max_policy_lag + 1, leaders, learner_group,
+    queue = RolloutQueue(cfg.async_rl.max_policy_lag + 1, leaders, learner_control,
                          learner.world_size)
-    return AsyncLayout(learner, rollout, learner_group, policy_sync, drafter_sync, queue)
+    return AsyncLayout(learner, rollout, learner_group, learner_control, policy_sync,
+                       drafter_sync, queue)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from titan_spec.comm import all_reduce_dp
 from titan_spec.components.metrics import StepTimer, memory_record
-from titan_spec.parallel.comm import all_reduce_dp
 from titan_spec.rollout.engine import Completion
 
 from ..metrics import RolloutStats, batch_record

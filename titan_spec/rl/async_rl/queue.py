@@ -3,7 +3,9 @@
 Each replica's leader sends its finished batch to learner rank 0 as a non-blocking point-to-
 point message and keeps at most `capacity` (= max_policy_lag + 1) of them in flight: a replica
 that is that far ahead waits for the learner to take one. Learner rank 0 takes one message per
-replica each step and shares them with the other learner ranks."""
+replica each step and shares them with the other learner ranks. Everything travels on the
+control plane (host tensors over gloo, titan_spec/comm.py): a wait there blocks the host, so the
+bound holds a replica back, not only its stream."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from titan_spec import comm
 
 
 @dataclass
@@ -38,18 +42,19 @@ def _decode(payload: torch.Tensor) -> list[RolloutBatchMessage]:
     return [RolloutBatchMessage(**m) for m in json.loads(payload.numpy().tobytes().decode())]
 
 
-def send_message(message: RolloutBatchMessage, dst: int) -> list:
-    """Non-blocking send: [(work, tensor), ...] to wait on later."""
+def send_message(message: RolloutBatchMessage, dst: int, group) -> list:
+    """Non-blocking send over `group` (one holding both ranks): [(work, tensor), ...] to wait
+    on later."""
     payload = _encode([message])
     size = torch.tensor([payload.numel()], dtype=torch.int64)
-    return [(dist.isend(size, dst), size), (dist.isend(payload, dst), payload)]
+    return [(comm.isend(size, dst, group), size), (comm.isend(payload, dst, group), payload)]
 
 
-def recv_message(src: int) -> RolloutBatchMessage:
+def recv_message(src: int, group) -> RolloutBatchMessage:
     size = torch.empty(1, dtype=torch.int64)
-    dist.recv(size, src)
+    comm.recv(size, src, group)
     payload = torch.empty(int(size), dtype=torch.uint8)
-    dist.recv(payload, src)
+    comm.recv(payload, src, group)
     return _decode(payload)[0]
 
 
@@ -57,18 +62,21 @@ def broadcast_messages(messages: list | None, group) -> list[RolloutBatchMessage
     """Rank 0's messages on every rank of `group` (rank 0's argument; None elsewhere)."""
     payload = _encode(messages) if messages is not None else None
     size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64)
-    dist.broadcast(size, src=0, group=group)
+    comm.broadcast(size, 0, group=group)
     if payload is None:
         payload = torch.empty(int(size), dtype=torch.uint8)
-    dist.broadcast(payload, src=0, group=group)
+    comm.broadcast(payload, 0, group=group)
     return _decode(payload)
 
 
 class RolloutQueue:
     def __init__(self, capacity: int, replica_leaders: list[int], learner_group=None,
-                 learner_world: int = 1):
+                 learner_world: int = 1, group=None):
+        """learner_group: the learner ranks' control group; group: one over the whole job
+        (default: the world's control group)."""
         self.capacity, self.replica_leaders = capacity, replica_leaders
         self.learner_group, self.learner_world = learner_group, learner_world
+        self.group = group if group is not None else comm.control_group()
         self.in_flight: list = []  # a replica leader's unfinished sends, oldest first
 
     # ------------------------------------------------------------ rollout side (leaders)
@@ -76,16 +84,16 @@ class RolloutQueue:
         # Earlier batches the learner has not taken yet: the queue this one joins.
         message.stats["queue_depth"] = sum(
             not all(work.is_completed() for work, _ in sends) for sends in self.in_flight)
-        self.in_flight.append(send_message(message, dst=0))
+        self.in_flight.append(send_message(message, 0, self.group))
         while len(self.in_flight) > self.capacity:
-            for work, _ in self.in_flight.pop(0):
-                work.wait()
+            for work, tensor in self.in_flight.pop(0):
+                comm.wait_on_host(work, tensor)
 
     def drain(self) -> None:
         """Wait until the learner has taken every batch sent."""
         for sends in self.in_flight:
-            for work, _ in sends:
-                work.wait()
+            for work, tensor in sends:
+                comm.wait_on_host(work, tensor)
         self.in_flight = []
 
     # ------------------------------------------------------------ learner side
@@ -93,7 +101,7 @@ class RolloutQueue:
         """One message per replica, on every learner rank (collective over the learner)."""
         messages = None
         if dist.get_rank() == 0:
-            messages = [recv_message(leader) for leader in self.replica_leaders]
+            messages = [recv_message(leader, self.group) for leader in self.replica_leaders]
         if self.learner_world > 1:
             messages = broadcast_messages(messages, self.learner_group)
         return messages

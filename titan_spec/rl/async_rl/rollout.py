@@ -8,6 +8,7 @@ import time
 import torch
 import torch.distributed as dist
 
+from titan_spec import comm
 from titan_spec.components.run_status import set_phase
 from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.formats.initial_load import model_args
@@ -56,7 +57,7 @@ class RolloutWorker:
 
     def run(self) -> None:
         """Generate the batches from where the learner starts (it shares that) to the end."""
-        step, _ = share_start_point(self.device)
+        step, _ = share_start_point()
         self.generate_steps(max(step, self.sft_steps) + 1, self.total_steps)
 
     def close(self) -> None:
@@ -119,7 +120,7 @@ class RolloutWorker:
         """Without blocking: has the next sync arrived on every rank of this replica?"""
         ready = torch.tensor([int(self.policy_sync.header_ready())], device=self.device)
         if self.tp_group is not None:  # peers must switch weights together
-            dist.all_reduce(ready, op=dist.ReduceOp.MIN, group=self.tp_group)
+            comm.all_reduce(ready, op=dist.ReduceOp.MIN, group=self.tp_group)
         return bool(ready.item())
 
     def _take_arrived_syncs(self) -> int:

@@ -5,7 +5,8 @@ syncs a run sends. Deterministic, so every collective is matched and no rank can
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from titan_spec import comm
 
 
 def weights_needed(step: int, max_lag: int) -> int:
@@ -23,11 +24,11 @@ def syncs_sent(total_steps: int, max_lag: int, stale_batches: str) -> int:
     return 1 + weights_needed(total_steps, max_lag if stale_batches == "wait" else 0)
 
 
-def share_start_point(device, step: int = 0, version: int = 0) -> tuple[int, int]:
+def share_start_point(step: int = 0, version: int = 0) -> tuple[int, int]:
     """Learner rank 0 tells every rank of the job the global step and policy version the run
-    starts from (0, 0 unless a checkpoint was loaded). Collective over the whole job; `device`:
-    the rank's (NCCL broadcasts device tensors)."""
-    point = torch.tensor([step, version], dtype=torch.int64, device=device)
-    dist.broadcast(point, src=0)  # two integers: no pickled object between ranks
+    starts from (0, 0 unless a checkpoint was loaded). Collective over the whole job, on the
+    control plane: two integers, no pickled object between ranks."""
+    point = torch.tensor([step, version], dtype=torch.int64)
+    comm.broadcast(point, 0, group=comm.control_group())
     step, version = point.tolist()
     return step, version
