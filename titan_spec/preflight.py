@@ -9,12 +9,18 @@ from titan_spec.formats.initial_load import check_initial_load, model_args, toke
 from titan_spec.parallel.parallel_dims import ParallelDims
 from titan_spec.parallel.rollout_layout import check_rollout_tp
 from titan_spec.parallel.tensor_parallel import check_tp_divisibility
+from titan_spec.runtime import uses_cuda
 
 
 def preflight(cfg, world_size: int) -> ParallelDims:
     """Every check that needs no process: degrees vs world size, model shape vs degrees,
     batch divisibility. Run by the launcher before it spawns workers, and by each worker."""
     args = model_args(cfg)
+    if cfg.model.attention_fp64 and uses_cuda(cfg.training):
+        raise ValueError("model.attention_fp64 = true on CUDA selects the float64 math attention "
+                         "kernel, in training too ([B, H, L, L] float64 per layer: out of memory "
+                         "at real lengths); it is a CPU fp32 option: set "
+                         "model.attention_fp64=false.")
     if cfg.checkpoint.initial_load_path:
         from titan_spec.data.tokenizer import build_tokenizer
 

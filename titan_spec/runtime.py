@@ -47,14 +47,19 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
+def uses_cuda(training_cfg) -> bool:
+    """Whether this rank will run on CUDA (training.device cuda, or auto with one visible)."""
+    return training_cfg.device == "cuda" or (
+        training_cfg.device == "auto" and torch.cuda.is_available())
+
+
 def setup_distributed(training_cfg, timeout_s: float | None = None) -> Env:
     """Init the default process group from torchrun's env vars (NCCL on CUDA, gloo on CPU).
     timeout_s: the longest wait of a collective (comm.timeout_s) before it fails."""
     die_with_parent()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    use_cuda = training_cfg.device == "cuda" or (
-        training_cfg.device == "auto" and torch.cuda.is_available())
+    use_cuda = uses_cuda(training_cfg)
     if training_cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("training.device=cuda but no CUDA device is visible; use auto or cpu.")
     if use_cuda:

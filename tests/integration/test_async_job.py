@@ -56,15 +56,17 @@ def test_async_moe_config_on_a_tensor_parallel_replica(tmp_path, monkeypatch):
     monkeypatch.setenv("TITAN_SPEC_COMM_LOG", str(tmp_path / "comm.jsonl"))
     run_function(4, _train, tmp_path, "debug_moe_async.toml",
                  [f"--job.dump_folder={tmp_path}", "--rl.steps=3", "--async_rl.rollout_tp=2",
-                  "--async_rl.stale_batches=drop"])
+                  "--async_rl.stale_batches=drop", "--rl.rollout_is=mis"])
     records = _rl(tmp_path)
     assert [r["step"] for r in records] == [3, 4, 5]
     for key in ("policy_lag_mean", "policy_lag_max", "is_weight_mean", "is_weight_max",
                 "time_waiting_for_rollout_s", "queue_depth", "acceptance_length",
                 "rollout_side_generate_s", "rollout_side_waiting_for_weights_s",
-                "drafter_version", "weight_sync_bytes"):
+                "drafter_version", "weight_sync_bytes", "is_clipped_fraction",
+                "logprob_mismatch_p99", "behaviour_kl", "rollout_ratio_max"):
         assert key in records[0], key
-    assert records[0]["is_weight_max"] == 1.0  # on-policy: exactly the synchronous loss
+    # masked IS at every lag: on-policy fp32 ratios are 1 to ~1e-6, inside [0.5, 2]
+    assert abs(records[0]["is_weight_max"] - 1) < 1e-4 and records[0]["is_clipped_fraction"] == 0
     assert all(r["policy_lag_max"] <= 1 or r["dropped_fraction"] == 1.0 for r in records)
     assert_planes(tmp_path / "comm.jsonl", CONTROL_SITES,  # weights and EP tokens: on device
                   {"titan_spec.parallel.weight_sync.receive",

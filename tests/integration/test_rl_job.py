@@ -39,11 +39,16 @@ def _check_records(records, k=4):
 @pytest.mark.timeout(300)
 def test_colocated_rl_with_tensor_parallel_verifier(tmp_path, monkeypatch):
     """tp = 2: the verifier view stays tensor-parallel (2 FSDP2 ranks: the golden sync test);
-    its stop agreement and barriers travel on the control plane."""
+    truncated importance weights at lag 0; its stop agreement and barriers travel on the
+    control plane."""
     monkeypatch.setenv("TITAN_SPEC_COMM_LOG", str(tmp_path / "comm.jsonl"))
     run_function(2, _train, tmp_path, ["--parallelism.tp=2", "--parallelism.dp_shard=1",
-                                       f"--job.dump_folder={tmp_path}"])
-    _check_records(_rl_records(tmp_path))
+                                       f"--job.dump_folder={tmp_path}", "--rl.rollout_is=tis"])
+    records = _rl_records(tmp_path)
+    _check_records(records)
+    for record in records:  # truncated IS at lag 0 (fp32 here: every weight within 1e-5 of 1)
+        assert abs(record["is_weight_mean"] - 1) < 1e-5 and record["is_clipped_fraction"] == 0
+        assert record["logprob_mismatch_p50"] <= record["logprob_mismatch_p99"] <= 1e-5
     assert_planes(tmp_path / "comm.jsonl", {"titan_spec.components.stop_signal.agreed",
                                             "titan_spec.runtime.close_distributed"})
 

@@ -2,8 +2,9 @@
 
 import torch
 
-from titan_spec.rl.async_rl import syncs_sent, truncated_is_weights, weights_needed
+from titan_spec.rl.async_rl import syncs_sent, weights_needed
 from titan_spec.rl.losses import grpo_loss
+from titan_spec.rl.rollout_is import is_weights
 
 
 def test_schedule():
@@ -21,12 +22,15 @@ def test_is_weights_lag_zero_is_the_synchronous_loss():
     behaviour = old + 0.05 * torch.randn(3, 4)
     mask = torch.ones(3, 4)
     adv = torch.tensor([1.0, -0.5, 0.2])
-    weights = truncated_is_weights(old, behaviour, torch.zeros(3, dtype=torch.long), mask, 2.0)
+    weights, _ = is_weights(old, behaviour, mask, torch.zeros(3, dtype=torch.long), "none", 2.0,
+                            0.5, 2.0)
     assert torch.equal(weights, mask)
     synchronous, _ = grpo_loss(logprobs, old, adv, mask, torch.tensor(12.0), 0.2, 0.28)
     corrected, _ = grpo_loss(logprobs, old, adv, mask, torch.tensor(12.0), 0.2, 0.28,
                              is_weights=weights)
     assert torch.equal(synchronous, corrected)
-    lagged = truncated_is_weights(old, behaviour, torch.tensor([0, 1, 2]), mask, 1.02)
+    lagged, cut = is_weights(old, behaviour, mask, torch.tensor([0, 1, 2]), "none", 2.0, 0.5,
+                             1.02)
     assert torch.equal(lagged[0], mask[0])
     assert torch.allclose(lagged[1:], (old - behaviour).exp()[1:].clamp(max=1.02))
+    assert torch.equal(cut[1:], (old - behaviour).exp()[1:] > 1.02) and not cut[0].any()

@@ -95,6 +95,17 @@ class RL:
         1, "Optimizer steps per rollout batch (PPO minibatches); 1 is on-policy.")
     eval_problems: int = opt(
         64, "Held-out problems solved greedily before and after RL (phase 'eval'); 0 disables.")
+    rollout_is: str = opt(
+        "none", "Correction of the rollout-vs-learner mismatch by per-token importance weights "
+        "pi_learner / pi_behaviour at every lag (rl/rollout_is.py): none (weight 1 at lag 0; "
+        "lagged async samples keep async_rl.is_cap), tis (truncated at rollout_is_cap) or mis "
+        "(masked: tokens whose ratio leaves [rollout_is_floor, rollout_is_cap] leave the loss).",
+        choices=("none", "tis", "mis"),
+    )
+    rollout_is_cap: float = opt(
+        2.0, "Upper bound of the importance weight under rollout_is = tis | mis.")
+    rollout_is_floor: float = opt(
+        0.5, "Lower bound of the ratio under rollout_is = mis (below it the token is masked).")
 
 
 @dataclass

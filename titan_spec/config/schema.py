@@ -68,6 +68,11 @@ class Parallelism:
     reduce_dtype: str = opt(
         "float32", "FSDP2 gradient reduce-scatter dtype.", choices=("float32", "bfloat16")
     )
+    lm_head_fp32: bool = opt(
+        False, "Keep the LM head in float32 under param_dtype = bfloat16 (its own FSDP2 "
+        "mixed-precision policy; logits come out float32): the largest single source of "
+        "rollout-vs-learner mismatch in bf16. Needs an untied head (not tie_word_embeddings)."
+    )
 
 
 @dataclass

@@ -73,6 +73,10 @@ def _sft_rl(cfg) -> None:
     _check(r.kl_coef >= 0, "rl.kl_coef", "must be >= 0.")
     _check(r.minibatches >= 1, "rl.minibatches", "must be >= 1.")
     _check(r.eval_problems >= 0, "rl.eval_problems", "must be >= 0 (0 disables).")
+    _check(r.rollout_is_cap >= 1, "rl.rollout_is_cap", "must be >= 1 (weights above it are "
+           "truncated or masked).")
+    _check(0 < r.rollout_is_floor <= 1, "rl.rollout_is_floor", "must be in (0, 1] (ratios "
+           "below it are masked under rl.rollout_is = mis).")
     if r.steps:
         _check(cfg.rollout.temperature > 0, "rollout.temperature", "0 makes every sample of a "
                "group identical (no advantage signal); RL needs temperature > 0.")

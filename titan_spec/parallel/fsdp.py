@@ -36,7 +36,19 @@ def _expert_placement(experts: nn.Module, local_experts: int, shards: int):
     return placement
 
 
-def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: str) -> None:
+def shard_head_fp32(model: nn.Module, mesh):
+    """The LM head as its own FSDP2 unit in float32: its input (the bf16 final norm's output)
+    is cast up, its logits stay float32."""
+    if model.output.weight is model.tok_embeddings.weight:
+        raise ValueError("parallelism.lm_head_fp32 needs an untied LM head; this model shares it "
+                         "with the embedding (tie_word_embeddings): set "
+                         "parallelism.lm_head_fp32=false.")
+    policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    return fully_shard(model.output, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+
+
+def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: str,
+               lm_head_fp32: bool = False) -> None:
     policy = MixedPrecisionPolicy(param_dtype=_DTYPES[param_dtype],
                                   reduce_dtype=_DTYPES[reduce_dtype])
     mesh = parallel_dims.fsdp_mesh()
@@ -53,6 +65,8 @@ def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: str, reduce_dtype: 
                                   shard_placement_fn=placement)
             sharded.append(experts)
         sharded.append(fully_shard(block, mesh=mesh, mp_policy=policy))
+    if lm_head_fp32:
+        sharded.append(shard_head_fp32(model, mesh))
     # The root keeps embedding, final norm and head; no reshard after forward since backward
     # starts with the head right away.
     sharded.append(fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False))

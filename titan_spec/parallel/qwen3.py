@@ -25,5 +25,6 @@ def parallelize_qwen3(model, parallel_dims, parallelism, device_type: str):
         for name, block in list(model.layers.items()):
             model.layers[name] = torch.compile(block)
     if parallel_dims.dp_enabled:
-        apply_fsdp(model, parallel_dims, parallelism.param_dtype, parallelism.reduce_dtype)
+        apply_fsdp(model, parallel_dims, parallelism.param_dtype, parallelism.reduce_dtype,
+                   parallelism.lm_head_fp32)
     return model

@@ -18,6 +18,7 @@ from titan_spec.comm import dp_max, dp_sum
 from titan_spec.rollout.context_buckets import rates_by_context
 
 from .rollout_batch import RolloutBatch, logprob_mismatch
+from .rollout_is import mismatch_record
 
 # Per-step count lists summed over generators, in the order the reductions pack them.
 _COUNT_LISTS = ("accepted_per_position", "drafted_per_position", "accepted_per_context",
@@ -116,7 +117,8 @@ class RolloutStats:
 def batch_record(batch: RolloutBatch, samples: float, dims, device, lags=None,
                  max_policy_lag: int = 0) -> dict:
     """This rank's share of the training batch, reduced over the data-parallel ranks. With
-    `lags` (async): the mismatch counts on-policy samples only, plus lag / IS figures."""
+    `lags` (async): the mismatch counts on-policy samples only, plus lag figures. The mismatch
+    percentiles, KL(behaviour || learner) and the importance weights' figures: rollout_is.py."""
     mask = batch.mask
     if lags is not None:
         mask = (lags == 0).to(mask.device).unsqueeze(1) * mask
@@ -124,19 +126,18 @@ def batch_record(batch: RolloutBatch, samples: float, dims, device, lags=None,
     sums = [float(gap_sum), float(gap_n), float((batch.advantages != 0).sum())]
     maxima = [float(gap_max)]
     if lags is not None:
-        weights = batch.is_weights[batch.mask > 0]
-        sums += [float(lags.sum()), lags.numel(), float(weights.sum()), weights.numel(),
-                 float((lags > max_policy_lag).sum())]
-        maxima += [float(lags.max()), float(weights.max()) if weights.numel() else 0.0]
+        sums += [float(lags.sum()), lags.numel(), float((lags > max_policy_lag).sum())]
+        maxima += [float(lags.max())]
     sums, maxima = dp_sum(dims, sums, device), dp_max(dims, maxima, device)
     record = {"logprob_mismatch_max": maxima[0], "logprob_mismatch_mean": sums[0] / max(sums[1], 1),
               "nonzero_advantage_fraction": sums[2] / samples,
               "policy_version": int(batch.policy_versions.max()),
               "drafter_version": int(batch.drafter_versions.max())}
     if lags is not None:
-        lag_sum, lag_n, weight_sum, weight_n, dropped = sums[3:]
+        lag_sum, lag_n, dropped = sums[3:]
         record.update(policy_lag_mean=lag_sum / max(lag_n, 1), policy_lag_max=int(maxima[1]),
-                      is_weight_mean=weight_sum / max(weight_n, 1), is_weight_max=maxima[2],
                       # Samples older than max_policy_lag, left out of the loss (drop).
                       dropped_fraction=dropped / max(lag_n, 1))
+    record.update(mismatch_record(batch.old_logprobs, batch.behaviour_logprobs, mask,
+                                  batch.is_weights, batch.is_cut, batch.mask, dims, device))
     return record

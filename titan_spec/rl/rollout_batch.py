@@ -26,7 +26,8 @@ class RolloutBatch:
     drafter_versions: torch.Tensor  # [N] long: drafter version that proposed its drafts
     old_logprobs: torch.Tensor | None = None  # [N, L] learner recompute (ratio denominator)
     ref_logprobs: torch.Tensor | None = None  # [N, L] reference policy (KL)
-    is_weights: torch.Tensor | None = None  # [N, L] truncated IS weights (async, lagged)
+    is_weights: torch.Tensor | None = None  # [N, L] IS weights (rl/rollout_is.py)
+    is_cut: torch.Tensor | None = None  # [N, L] bool: tokens whose weight was truncated / masked
 
     def slice(self, start: int, stop: int) -> "RolloutBatch":
         return RolloutBatch(**{f.name: None if getattr(self, f.name) is None

@@ -13,6 +13,7 @@ from titan_spec.comm import all_reduce_dp
 from titan_spec.components.metrics import StepTimer, memory_record
 
 from .metrics import RolloutStats, batch_record
+from .rollout_is import is_weights
 
 SPANS = ("gather", "rollout", "logprob", "drafter", "reshard", "train")
 
@@ -48,6 +49,9 @@ class SyncRL:
             scored = learner.score(view, batch, sampling, self.drafters.adapter,
                                    max(global_tokens, 1.0), timer)
         state.drafter_version += self.drafters.adapter is not None
+        batch.is_weights, batch.is_cut = is_weights(
+            batch.old_logprobs, batch.behaviour_logprobs, batch.mask, None, self.rl.rollout_is,
+            self.rl.rollout_is_cap, self.rl.rollout_is_floor, self.rl.rollout_is_cap)
         with timer.span("train"):
             trained, updates = learner.policy_step(batch, sampling, self.rl)
         state.policy_version += updates

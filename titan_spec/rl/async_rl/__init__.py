@@ -28,11 +28,11 @@ what it was sampled with, so the per-token IS weights stay right); a batch is st
 the version it started from, the oldest it may contain."""
 
 from .layout import AsyncLayout, build_async_layout
-from .learner import AsyncRL, WeightPublisher, truncated_is_weights
+from .learner import AsyncRL, WeightPublisher
 from .queue import RolloutBatchMessage, RolloutQueue
 from .rollout import RolloutWorker
 from .schedule import share_start_point, syncs_sent, weights_needed
 
 __all__ = ["AsyncLayout", "AsyncRL", "RolloutBatchMessage", "RolloutQueue", "RolloutWorker",
            "WeightPublisher", "build_async_layout", "share_start_point", "syncs_sent",
-           "truncated_is_weights", "weights_needed"]
+           "weights_needed"]
