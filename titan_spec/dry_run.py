@@ -6,8 +6,9 @@ parameter's local shard from the resulting DTensors. Per learner rank: fp32 mast
 fp32 gradients and AdamW's two fp32 moments. Per rollout rank (async layout): the policy's
 weights in the compute dtype, sliced by the rollout layout (parallel/rollout_layout.py: heads,
 SwiGLU and expert columns over rollout tp), and the KV cache for rollout.max_batch_size sequences of
-prompt + max_new_tokens. Activations, the allocator's slack and communication buffers are not
-counted, hence the headroom column."""
+prompt + max_new_tokens (and an EAGLE / MTP drafter's buffer of target hidden states), all
+in the dtypes the rollout side builds. Activations, the allocator's slack, communication
+buffers and the drafter's own weights are not counted, hence the headroom column."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import json
 import os
 from pathlib import Path
 
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
 GIB = 2**30
 
 
@@ -51,22 +51,29 @@ def learner_plan(cfg, dims) -> dict:
 
 
 def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
-    from titan_spec.parallel.rollout_layout import rollout_local_args, rollout_slice
+    """Sized in the dtypes the rollout side builds (parallel/rollout_layout.rollout_dtypes;
+    the KV cache and the drafter's hidden-state buffer in the weights' dtype:
+    rollout/kv_cache.compute_dtype)."""
+    from titan_spec.parallel.rollout_layout import rollout_dtypes, rollout_local_args, rollout_slice
 
     tp = cfg.async_rl.rollout_tp
     model = _meta_model(cfg)
-    numel, layer0 = 0, 0
+    dtype, head_dtype = rollout_dtypes(cfg.parallelism)
+    weight_bytes, layer0 = 0, 0
     for name, param in model.named_parameters():
         share = rollout_slice(name, param, tp, 0, args.n_kv_heads).numel()
-        numel += share
+        weight_bytes += share * (head_dtype if name.startswith("output.") else dtype).itemsize
         layer0 += share if name.startswith("layers.0.") else 0
-    bytes_per = _DTYPE_BYTES[cfg.parallelism.param_dtype]
     seq = prompt_tokens + cfg.rollout.max_new_tokens
+    slots = cfg.rollout.max_batch_size * seq
     local_kv_heads = rollout_local_args(args, tp).n_kv_heads
-    kv = (2 * args.n_layers * cfg.rollout.max_batch_size * seq * local_kv_heads * args.head_dim
-          * bytes_per)
-    return {"weights_gib": numel * bytes_per / GIB, "kv_cache_gib": kv / GIB,
-            "kv_sequence_tokens": seq, "layer0_numel": layer0}
+    kv = 2 * args.n_layers * slots * local_kv_heads * args.head_dim * dtype.itemsize
+    # EAGLE / MTP heads read the target's final hidden state per slot and position (EAGLE-3:
+    # three layers' side by side), kept whole on every rank.
+    widths = {"eagle": 1, "mtp": 1, "eagle3": 3}
+    hidden = slots * args.dim * widths.get(cfg.drafter.kind, 0) * dtype.itemsize
+    return {"weights_gib": weight_bytes / GIB, "kv_cache_gib": kv / GIB,
+            "draft_hidden_gib": hidden / GIB, "kv_sequence_tokens": seq, "layer0_numel": layer0}
 
 
 def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
@@ -93,7 +100,8 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
         ranks, tp = cfg.async_rl.rollout_ranks, cfg.async_rl.rollout_tp
         rows.append({"role": "rollout", "ranks": ranks, "layout":
                      f"replicas={ranks // tp} tp={tp}", **rollout,
-                     "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]})
+                     "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]
+                     + rollout["draft_hidden_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device
     from titan_spec.formats.initial_load import hf_folder
@@ -107,13 +115,13 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
 def format_table(plan: dict) -> str:
     head = (f"dry run: {plan['model']} ({plan['params'] / 1e9:.1f}B parameters) on "
             f"{plan['world_size']} ranks, {plan['device_memory_gib']:.0f} GiB per device")
-    columns = ("role", "ranks", "params", "grads", "optimizer", "weights", "kv_cache", "total",
-               "headroom", "fits")
+    columns = ("role", "ranks", "params", "grads", "optimizer", "weights", "kv_cache",
+               "hidden", "total", "headroom", "fits")
     lines = [head, "  ".join(f"{c:>9}" for c in columns)]
     for row in plan["rows"]:
         values = [row["role"], str(row["ranks"])]
         for key in ("params_gib", "grads_gib", "optimizer_gib", "weights_gib", "kv_cache_gib",
-                    "total_gib"):
+                    "draft_hidden_gib", "total_gib"):
             values.append(f"{row[key]:.1f}" if key in row else "-")
         values.append(f"{plan['device_memory_gib'] - row['total_gib']:.1f}")
         values.append("yes" if row["fits"] else "NO")

@@ -20,7 +20,8 @@ def _dims(degrees: dict, world: int, first: int):
     return dims
 
 
-def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, corrupt):
+def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, corrupt,
+          dtype=torch.float32):
     from titan_spec.config.schema import Parallelism
     from titan_spec.models import build_model, get_model_spec
     from titan_spec.models.init import canonical_name, materialize_and_init
@@ -54,7 +55,8 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
         sync.wait()
         return {"sent": report.bytes, "buckets": report.buckets}
     group = rollout_dims.mesh("tp").get_group() if rollout_tp > 1 else None
-    rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group)
+    rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group,
+                                  (dtype, dtype))
     with torch.no_grad():  # to_empty leaves garbage (NaN != NaN): start from a known value
         for param in rollout.parameters():
             param.fill_(-7.0)
@@ -68,14 +70,16 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     mismatched = []
     for name, param in rollout.named_parameters():
         name = canonical_name(name)
-        want = rollout_slice(name, expected[name], rollout_tp, tp_rank, n_kv_heads)
+        want = rollout_slice(name, expected[name], rollout_tp, tp_rank, n_kv_heads).to(dtype)
         if not torch.equal(param, want):
             mismatched.append(name)
     tokens = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    full.to(dtype)
+    full.init_buffers("cpu")  # RoPE tables stay float32, as in the rollout model
     with torch.no_grad():
-        logit_gap = (rollout(tokens) - full(tokens)).abs().max().item()
+        logit_gap = (rollout(tokens).float() - full(tokens).float()).abs().max().item()
     return {"mismatched": mismatched, "version": report.version, "bytes": report.bytes,
-            "logit_gap": logit_gap}
+            "logit_gap": logit_gap, "dtypes": sorted({str(p.dtype) for p in rollout.parameters()})}
 
 
 def _untouched(rollout, before):
@@ -109,6 +113,16 @@ def test_rollout_holds_the_learner_weights(flavor, learner, learner_world, world
         assert result["mismatched"] == []
         assert result["version"] == 3 and result["bytes"] == results[0]["sent"]
         assert result["logit_gap"] < 1e-5
+
+
+def test_a_bf16_rollout_model_holds_the_learner_weights_in_bf16(tmp_path):
+    """The rollout side builds its weights in its dtype (parallelism.param_dtype); the fp32
+    buckets are cast on arrival, to exactly the learner's weights rounded to bf16."""
+    results = run_function(4, _run_on_last_rollout_rank, tmp_path, "debug", {"dp_shard": 2}, 2,
+                           1, False, torch.bfloat16)
+    for result in results[2:]:
+        assert result["mismatched"] == [] and result["dtypes"] == ["torch.bfloat16"]
+        assert result["logit_gap"] == 0.0  # the same bf16 forward as the cast full model
 
 
 def test_corrupted_bucket_is_detected(tmp_path):

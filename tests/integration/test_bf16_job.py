@@ -16,8 +16,11 @@ def _job(rank, world_size, overrides):
 
 @pytest.mark.parametrize("kind", ["eagle", "mtp"])
 def test_bf16_rl_job_with_a_hidden_state_drafter(kind, tmp_path):
+    # the eagle run also keeps the LM head in fp32 (the verifier view and the drafter meet it)
+    head = ["--parallelism.lm_head_fp32=true"] if kind == "eagle" else []
     run_function(2, _job, tmp_path, ["--parallelism.param_dtype=bfloat16",
-                                     f"--drafter.kind={kind}", f"--job.dump_folder={tmp_path}"])
+                                     f"--drafter.kind={kind}", f"--job.dump_folder={tmp_path}",
+                                     *head])
     records = read_metrics(tmp_path)
     warmup = [r for r in records if r["phase"] == "drafter_warmup"]
     rl = [r for r in records if r["phase"] == "rl"]

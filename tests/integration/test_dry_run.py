@@ -1,5 +1,6 @@
 """The 235B dry run: plans on a fake process group of 256 ranks, on CPU, in seconds; its
-numbers for one layer match an independent hand calculation."""
+numbers for one layer, and the rollout side's whole weights, KV cache and drafter buffer in
+its dtype, match an independent hand calculation."""
 
 import json
 import math
@@ -13,6 +14,7 @@ pytestmark = pytest.mark.timeout(300)
 
 # Qwen3-235B-A22B, from its config.json
 DIM, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, MOE_HIDDEN, LAYERS = 4096, 64, 4, 128, 128, 1536, 94
+VOCAB = 151936
 
 
 def _rank0_rows(rows: int, shards: int) -> int:
@@ -62,8 +64,16 @@ def test_235b_dry_run(tmp_path):
     total = sum(plan["learner_local_numel"].values())
     assert learner["params_gib"] == pytest.approx(total * 4 / 2**30)
     assert learner["optimizer_gib"] == pytest.approx(total * 8 / 2**30)
-    kv = 2 * LAYERS * 64 * (512 + 8192) * 1 * HEAD_DIM * 2  # 1 KV head per rank
+    # The rollout side in its dtype, bf16 (2 bytes): tp = 8 slices of every layer, the
+    # embedding, the head and the final norm whole; the KV cache and the EAGLE drafter's buffer
+    # of final hidden states for 64 sequences of 512 + 8192 tokens, 1 KV head per rank.
+    weights = (LAYERS * _hand_rollout_layer0(tp=8) + 2 * VOCAB * DIM + DIM) * 2
+    assert rollout["weights_gib"] == pytest.approx(weights / 2**30)
+    kv = 2 * LAYERS * 64 * (512 + 8192) * 1 * HEAD_DIM * 2
     assert rollout["kv_cache_gib"] == pytest.approx(kv / 2**30)
+    assert rollout["draft_hidden_gib"] == pytest.approx(64 * (512 + 8192) * DIM * 2 / 2**30)
+    assert rollout["total_gib"] == pytest.approx((weights + kv) / 2**30
+                                                 + rollout["draft_hidden_gib"])
     assert all(row["fits"] for row in plan["rows"])
 
 

@@ -202,3 +202,25 @@ def test_acceptance_by_context_length_adds_up(target, drafters):
     assert sum(stats["drafted_per_context"]) == stats["drafted"]
     assert sum(stats["accepted_per_context"]) == stats["accepted"]
     assert stats["drafted_per_context"][0] and stats["drafted_per_context"][1]  # 30 + 20 > 32
+
+
+def test_kv_cache_takes_the_weights_dtype():
+    """A bf16 model's K / V are cached in bf16 (half the bytes of the fp32 RoPE tables' dtype),
+    and greedy decoding with the cache equals greedy re-decoding without it."""
+    params = SamplingParams(temperature=0, max_new_tokens=6)
+    fp32 = RolloutEngine(build_model("qwen3", "debug", seed=0).eval(), max_batch_size=2,
+                         max_seq_len=32)
+    fp32.generate(PROMPTS[:2], params)
+    model = build_model("qwen3", "debug", seed=0).eval().to(torch.bfloat16)
+    model.init_buffers("cpu")  # RoPE tables stay float32
+    engine = RolloutEngine(model, max_batch_size=2, max_seq_len=32)
+    out = engine.generate(PROMPTS[:2], params)
+    assert model.rope_cos.dtype == torch.float32
+    assert engine.last_stats["kv_cache_bytes"] * 2 == fp32.last_stats["kv_cache_bytes"]
+    for prompt, completion in zip(PROMPTS[:2], out, strict=True):
+        tokens = list(prompt)
+        for _ in completion.token_ids:
+            with torch.no_grad():
+                logits = model(torch.tensor([tokens]))[0, -1]
+            tokens.append(int(logits[:model.args.vocab_size].argmax()))
+        assert tokens[len(prompt):] == completion.token_ids

@@ -101,14 +101,25 @@ def split_experts(module, group) -> None:
                 moe.experts = TensorParallelExperts(num_experts, dim, hidden, group)
 
 
-def build_rollout_model(builder, args, device, tp: int = 1, tp_group=None) -> nn.Module:
+def rollout_dtypes(parallelism) -> tuple[torch.dtype, torch.dtype]:
+    """(weights, LM head) dtypes of the rollout model: the learner's compute dtype
+    (parallelism.param_dtype), the head float32 under parallelism.lm_head_fp32."""
+    dtype = getattr(torch, parallelism.param_dtype)
+    return dtype, torch.float32 if parallelism.lm_head_fp32 else dtype
+
+
+def build_rollout_model(builder, args, device, tp: int = 1, tp_group=None,
+                        dtypes: tuple = (torch.float32, torch.float32)) -> nn.Module:
     """An empty inference module in the rollout layout (whole, or this tp rank's slice:
-    parallel/rollout_layout.py); weight_sync fills it."""
+    parallel/rollout_layout.py), its weights in dtypes = (weights, LM head) (rollout_dtypes);
+    weight_sync fills it (copies cast the float32 buckets)."""
     with torch.device("meta"):
         module = builder(rollout_local_args(args, tp))
     if tp > 1:
         split_experts(module, tp_group)
     module.to_empty(device=device)
+    module.to(dtypes[0])
+    module.output.to(dtypes[1])
     module.tie_weights()
     module.init_buffers(device)
     if tp > 1:

@@ -35,7 +35,7 @@ from .adaptive import AdaptiveK
 from .draft_length import DraftLengths, drafted_lengths
 from .draft_request import DraftRequest
 from .engine_stats import count_against_plain, count_verify, finish_stats, new_stats
-from .kv_cache import KVCache, prefill_batch
+from .kv_cache import KVCache, compute_dtype, prefill_batch
 from .sampling import SamplingParams, process_logits
 
 
@@ -95,7 +95,8 @@ class RolloutEngine:
         self.output_head = None
         if not self.vocab_shard.is_whole:
             rows = model.output.weight[self.vocab_shard.start:self.vocab_shard.stop]
-            self.output_head = lambda hidden: torch.nn.functional.linear(hidden, rows)
+            self.output_head = lambda hidden: torch.nn.functional.linear(hidden.to(rows.dtype),
+                                                                         rows)
         # EAGLE-style drafters read the target's final hidden states (EAGLE-3: the outputs of
         # three layers side by side), kept per slot and position.
         self.needs_hidden = bool(getattr(drafter, "needs_target_hidden", False))
@@ -122,7 +123,7 @@ class RolloutEngine:
         queue = deque(range(len(prompt_token_ids)))
         slots: list[_Sequence | None] = [None] * self.max_batch_size
         results: list[Completion | None] = [None] * len(prompt_token_ids)
-        dtype = self.model.rope_cos.dtype
+        dtype = compute_dtype(self.model)
         self.cache = KVCache.for_model(self.model, self.max_batch_size, self.max_seq_len,
                                        dtype=dtype, device=self.device)
         if self.needs_hidden:

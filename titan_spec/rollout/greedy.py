@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from titan_spec import comm
 
-from .kv_cache import KVCache
+from .kv_cache import KVCache, compute_dtype
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def greedy_decode(model, prompts: list[list[int]], max_new_tokens: int, stop_ids
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = torch.tensor(prompt, device=device)
     cache = KVCache.for_model(model, batch, max_len, tp_degree=tp_degree, device=device,
-                              dtype=model.rope_cos.dtype)
+                              dtype=compute_dtype(model))
     # Prefill the common prefix length; shorter prompts feed their remaining prompt tokens
     # one by one below (positions are per row, so rows move in lockstep).
     positions = torch.arange(start, device=device).expand(batch, start)

@@ -57,6 +57,12 @@ def contiguous_block(slots) -> slice | None:
     return None
 
 
+def compute_dtype(model) -> torch.dtype:
+    """The dtype a model computes K / V in: its weights' (bf16 under bf16 FSDP2 or a bf16 rollout
+    model), not the float32 RoPE tables'. A cache in it stores K / V as computed."""
+    return model.tok_embeddings.weight.dtype
+
+
 class KVCacheView:
     def __init__(self, cache: "KVCache", slots, attend_len: int):
         self.block = contiguous_block(slots)

@@ -149,7 +149,8 @@ class Qwen3Model(nn.Module):
             if hidden_layers and int(name) in hidden_layers:
                 kept[int(name)] = h
         h = self.norm(h)
-        logits = (output_head or self.output)(h)
+        # A float32 head under bf16 weights (parallelism.lm_head_fp32) takes its input in fp32.
+        logits = (output_head or self.output)(h.to(self.output.weight.dtype))
         if not return_hidden:
             return logits
         if hidden_layers:
