@@ -18,6 +18,7 @@ from titan_spec.components.optimizer import build_optimizer, clip_grad_norm_
 from titan_spec.formats.initial_load import hf_folder, load_initial_weights, model_args
 from titan_spec.models import build_model_from_args, get_model_spec
 from titan_spec.models.init import init_weights, materialize
+from titan_spec.parallel.fp8 import Fp8Plan
 from titan_spec.parallel.plans import parallelize
 from titan_spec.parallel.tensor_parallel import reduce_partial_grads
 from titan_spec.parallel.verifier import colocated_verifier
@@ -37,6 +38,7 @@ class Learner:
         self.max_grad_norm = training_cfg.max_grad_norm
         self.vocab_size = vocab_size  # the tokenizer's: padded vocabulary rows never count
         self.reference: nn.Module | None = None  # the policy at RL start (KL term), whole
+        self.fp8 = Fp8Plan(None)  # build() sets the job's [quantize] plan
 
     @classmethod
     def build(cls, cfg, dims, device, vocab_size: int, initial_weights: bool = True) -> "Learner":
@@ -48,6 +50,8 @@ class Learner:
         if model.args.vocab_size < vocab_size:
             raise ValueError(f"model vocab {model.args.vocab_size} < tokenizer vocab "
                              f"{vocab_size}; pick a matching model.flavor.")
+        fp8 = Fp8Plan(cfg.quantize)
+        fp8.learner(model)  # before the plans wrap the layers
         parallelize(cfg.model.name, model, dims, cfg.parallelism, device.type)
         materialize(model, device)
         if not (initial_weights and load_initial_weights(model, cfg)):
@@ -60,8 +64,9 @@ class Learner:
                                        cfg.rl.lr / cfg.optimizer.lr, cfg.rl.warmup_steps)
         learner = cls(model, optimizer, scheduler, dims, device, spec.builder, cfg.training,
                       vocab_size)
-        if cfg.rl.steps and cfg.rl.kl_coef > 0:
-            learner.reference = _empty_like(spec.builder, model.args, device)
+        learner.fp8 = fp8
+        if cfg.rl.steps and cfg.rl.kl_coef > 0:  # a scorer: the verifier's FP8 recipe
+            learner.reference = fp8.verifier(_empty_like(spec.builder, model.args, device))
         return learner
 
     @property
@@ -96,7 +101,8 @@ class Learner:
         view yielded, resharded on exit (span `reshard`)."""
         span = timer.span if timer is not None else (lambda name: nullcontext())
         with span("gather"):
-            context = colocated_verifier(self.model, self.dims, self.builder)
+            context = colocated_verifier(self.model, self.dims, self.builder,
+                                         self.fp8.verifier)
             view = context.__enter__()
         try:
             yield view

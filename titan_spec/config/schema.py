@@ -151,6 +151,31 @@ class Checkpoint:
 
 
 @dataclass
+class Quantize:
+    backend: str = opt(
+        "none", "FP8 GEMMs in the transformer blocks' linear layers (parallel/fp8.py): none, or "
+        "emulated (float8 e4m3 operands with float32 scales multiplied in float32, what "
+        "torch._scaled_mm computes; runs anywhere, for tests and CPU runs). Transformer Engine "
+        "and torchao backends are not built yet.", choices=("none", "emulated"),
+    )
+    learner_recipe: str = opt(
+        "rowwise", "Scaling of the learner's FP8 GEMMs: rowwise (a scale per token row and per "
+        "weight output channel) or tensorwise (one per tensor, from its current amax).",
+        choices=("rowwise", "tensorwise"),
+    )
+    verifier_recipe: str = opt(
+        "rowwise", "Scaling of the verifier's, the logprob recompute's and the rollout model's "
+        "FP8 GEMMs. Must be row-local (rowwise), so that a row's probabilities do not depend on "
+        "the other rows or drafts and speculation stays exact; tensorwise is refused.",
+        choices=("rowwise", "tensorwise"),
+    )
+    keep_high_precision: list = opt(
+        ["tok_embeddings", "output", "router"], "Module names kept out of FP8 (matched against "
+        "each part of a module's path); the grouped MoE experts are never converted."
+    )
+
+
+@dataclass
 class Comm:
     timeout_s: int = opt(
         600, "Longest wait of one collective or point-to-point call (and of process-group "
@@ -181,6 +206,7 @@ class JobConfig:
     optimizer: Optimizer = field(default_factory=Optimizer)
     lr_scheduler: LRScheduler = field(default_factory=LRScheduler)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
+    quantize: Quantize = field(default_factory=Quantize)
     comm: Comm = field(default_factory=Comm)
     metrics: Metrics = field(default_factory=Metrics)
 

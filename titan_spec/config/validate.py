@@ -159,6 +159,7 @@ def _rest(cfg) -> None:
     _check(c.export_shard_mib > 0, "checkpoint.export_shard_mib", "must be > 0.")
     _check(c.preempt_grace_s > 0, "checkpoint.preempt_grace_s", "must be > 0 seconds.")
     _check(cfg.comm.timeout_s > 0, "comm.timeout_s", "must be > 0 seconds.")
+    _quantize(cfg)
     _check(not (c.initial_load_path and c.initial_load_format == "hf"
                 and cfg.model.tokenizer == "char"), "model.tokenizer",
            "is 'char' but checkpoint.initial_load_path is a Hugging Face model, whose ids are "
@@ -205,3 +206,17 @@ def aux_layers_valid(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _quantize(cfg) -> None:
+    q = cfg.quantize
+    _check(q.verifier_recipe == "rowwise", "quantize.verifier_recipe", "tensorwise scales make "
+           "a row's verifier probabilities depend on the other rows and drafts of the batch, so "
+           "speculative sampling would no longer be exact; use rowwise.")
+    if q.backend == "none":
+        return
+    _check(cfg.parallelism.tp == 1, "quantize.backend", "emulated FP8 does not compose with "
+           "DTensor tensor parallelism yet; set parallelism.tp=1 or quantize.backend=none.")
+    _check(cfg.async_rl.rollout_tp == 1, "quantize.backend", "emulated FP8 is not applied to a "
+           "tensor-parallel rollout replica's row-parallel layers; set async_rl.rollout_tp=1 or "
+           "quantize.backend=none.")

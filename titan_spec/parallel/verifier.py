@@ -45,8 +45,10 @@ def _set_param(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
     setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
 
 
-def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None) -> nn.Module:
-    """A plain module over `model`'s current (unsharded) parameters."""
+def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None,
+               prepare=None) -> nn.Module:
+    """A plain module over `model`'s current (unsharded) parameters; prepare(view) converts
+    its layers first (the verifier's FP8 recipe: parallel/fp8.py)."""
     args = local_args(model.args, tp) if tp > 1 else model.args
     with torch.device("meta"):
         view = builder(args)
@@ -55,6 +57,8 @@ def build_view(model: nn.Module, builder, tp: int = 1, tp_group=None) -> nn.Modu
         _set_param(view, name, _view_tensor(name, param))
     view.tie_weights()
     view.rope_cos, view.rope_sin = model.rope_cos, model.rope_sin
+    if prepare is not None:
+        prepare(view)
     if tp > 1:
         swap_row_parallel(view, tp_group)
     on_meta = [n for n, p in view.named_parameters() if p.is_meta]
@@ -67,13 +71,13 @@ def fsdp_modules(model: nn.Module) -> list[FSDPModule]:
 
 
 @contextmanager
-def colocated_verifier(model: nn.Module, parallel_dims, builder):
+def colocated_verifier(model: nn.Module, parallel_dims, builder, prepare=None):
     """Yield a hook-free view of the learner for one rollout phase (see module docstring)."""
     sharded = fsdp_modules(model)
     for module in sharded:
         module.unshard()
     try:
-        yield build_view(model, builder, parallel_dims.tp, parallel_dims.tp_group())
+        yield build_view(model, builder, parallel_dims.tp, parallel_dims.tp_group(), prepare)
     finally:
         for module in sharded:
             module.reshard()

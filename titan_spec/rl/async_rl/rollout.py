@@ -14,6 +14,7 @@ from titan_spec.drafters.runtime import DrafterRuntime
 from titan_spec.formats.initial_load import model_args
 from titan_spec.models import build_model_from_args, get_model_spec
 from titan_spec.models.init import canonical_name
+from titan_spec.parallel.fp8 import Fp8Plan
 from titan_spec.parallel.rollout_layout import build_rollout_model, rollout_dtypes
 from titan_spec.parallel.weight_sync import synced_tensors
 
@@ -48,6 +49,7 @@ class RolloutWorker:
         dims = layout.rollout_dims
         model = build_rollout_model(spec.builder, args, env.device, dims.tp, dims.tp_group(),
                                     rollout_dtypes(cfg.parallelism))
+        Fp8Plan(cfg.quantize).verifier(model)  # the same FP8 forward as the learner's recompute
         full = build_model_from_args(cfg.model.name, args)
         full_shapes = {canonical_name(n): tuple(p.shape) for n, p in full.named_parameters()}
         drafters = DrafterRuntime.build(cfg.drafter, cfg.model, args, model, cfg.job.seed,
