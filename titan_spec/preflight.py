@@ -30,6 +30,12 @@ def preflight(cfg, world_size: int) -> ParallelDims:
         dims = _preflight_rollout_mesh(cfg, world_size, args)
     else:
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
+    if cfg.parallelism.param_dtype != "float32" and dims.dp == 1:
+        raise ValueError(f"parallelism.param_dtype={cfg.parallelism.param_dtype} applies "
+                         "through FSDP2's mixed precision, which a layout with one data-parallel "
+                         "rank does not use (the run would stay float32); use >= 2 "
+                         "data-parallel ranks, or param_dtype=float32 (autocast for one rank is "
+                         "not built).")
     if dims.tp > 1:
         check_tp_divisibility(args, dims.tp)
     if dims.ep > 1 and (not args.is_moe or args.num_experts % dims.ep):

@@ -1,6 +1,7 @@
 """parallelism.lm_head_fp32: under bf16 FSDP2 the LM head is its own float32 unit, so logits come
 out float32, free of the head's own bf16 rounding; a tied head is refused.
-model.attention_fp64 is refused on CUDA (the float64 math attention kernel, in training too)."""
+model.attention_fp64 is refused on CUDA (the float64 math attention kernel, in training too), and
+bf16 on a layout without FSDP2 (it would stay fp32)."""
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def test_fp32_head_under_bf16_gives_fp32_logits(tmp_path):
     assert fp32_head["gap"] < 1e-5 < bf16_head["gap"]  # the head's own rounding is gone
 
 
-def test_tied_head_and_fp64_attention_on_cuda_are_refused(monkeypatch):
+def test_tied_head_fp64_attention_on_cuda_and_bf16_without_fsdp_are_refused():
     from torch import nn
 
     from titan_spec.config import load_config
@@ -51,3 +52,8 @@ def test_tied_head_and_fp64_attention_on_cuda_are_refused(monkeypatch):
                                            "--training.device=cuda"])
     with pytest.raises(ValueError, match="model.attention_fp64=false"):
         preflight(cfg, 1)
+    # bf16 without FSDP2 would silently stay fp32
+    cfg = load_config("debug_model.toml", ["--parallelism.param_dtype=bfloat16"])
+    with pytest.raises(ValueError, match="one data-parallel rank"):
+        preflight(cfg, 1)
+    preflight(cfg, 2)
