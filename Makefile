@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test test-gpu lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# On a machine with a GPU: the CUDA tests (tests/gpu/, skipped elsewhere).
+test-gpu: $(STAMP)
+	TITAN_SPEC_GPU_TESTS=1 $(PY) -m pytest -q tests/gpu
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check titan_spec tests bench tools

@@ -103,13 +103,14 @@ def _recompute(model, prompts, completions) -> torch.Tensor:
     """Full-sequence logprobs of each completion's tokens, flattened."""
     logprobs = []
     params = SamplingParams(temperature=1.0)
+    device = model.tok_embeddings.weight.device
     for prompt, completion in zip(prompts, completions, strict=True):
-        sequence = torch.tensor([prompt + completion.token_ids])
+        sequence = torch.tensor([prompt + completion.token_ids], device=device)
         probs = process_logits(model(sequence)[0, :, :model.args.vocab_size].float(), params)
         start = len(prompt) - 1
         picked = probs[start:start + len(completion.token_ids)].gather(
-            -1, torch.tensor(completion.token_ids).unsqueeze(-1)).squeeze(-1)
-        logprobs.append(picked.clamp(min=1e-30).log())
+            -1, torch.tensor(completion.token_ids, device=device).unsqueeze(-1)).squeeze(-1)
+        logprobs.append(picked.clamp(min=1e-30).log().cpu())
     return torch.cat(logprobs)
 
 

@@ -5,6 +5,10 @@ import pytest
 
 # One thread per process: distributed tests run several ranks on a 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The suite is the CPU suite, on a GPU machine too: its spawned gloo ranks and jobs (device
+# auto) must not pick up a GPU. `make test-gpu` (TITAN_SPEC_GPU_TESTS=1) runs tests/gpu/.
+if os.environ.get("TITAN_SPEC_GPU_TESTS") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
 @pytest.fixture

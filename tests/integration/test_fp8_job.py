@@ -1,7 +1,7 @@
 """The main job with emulated FP8 GEMMs (--quantize.backend=emulated) on 2 FSDP2 ranks: it
 trains, its losses stay within FP8 noise of the high-precision run's (and differ from them:
-the layers really run in FP8), and rollout and recompute share the FP8 forward (the learner verifies), so the rollout-vs-learner
-mismatch stays small at the median."""
+the layers really run in FP8), and rollout and recompute share the FP8 forward (the learner
+verifies), so the rollout-vs-learner mismatch stays small at the median."""
 
 import pytest
 
