@@ -243,6 +243,7 @@ CONTROL_SITES = {
     "titan_spec.rl.async_rl.schedule.share_start_point",
     "titan_spec.components.stop_signal.agreed", "titan_spec.runtime.close_distributed",
     "titan_spec.parallel.weight_sync.header_ready",
+    "titan_spec.components.checkpoint.find_resume_point",
 }
 
 

@@ -156,6 +156,20 @@ def barrier(group=None) -> None:
     dist.barrier(group=group)
 
 
+def broadcast_json(value, src: int, group=None):
+    """`value` (JSON-able: src's argument, ignored elsewhere) on every rank of the control
+    group `group`: what a rank receives is data, never pickled code."""
+    payload = None
+    if dist.get_rank() == src:
+        payload = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8)
+    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64)
+    broadcast(size, src, group)
+    if payload is None:
+        payload = torch.empty(int(size), dtype=torch.uint8)
+    broadcast(payload, src, group)
+    return json.loads(payload.numpy().tobytes().decode())
+
+
 def wait_on_host(work, tensor: torch.Tensor) -> None:
     """Block the host until `work` is done: on CUDA, Work.wait() only makes the current stream
     wait, so a bound enforced with it alone (the staging bound, the bounded queue) holds the

@@ -80,7 +80,8 @@ class LearnerJob:
         self.control = layout.learner_control if layout is not None else None
         # A run that will resume need not read its initial weights first.
         self.resume_path = find_resume_point(cfg.checkpoint,
-                                             Path(cfg.job.dump_folder) / cfg.checkpoint.folder)
+                                             Path(cfg.job.dump_folder) / cfg.checkpoint.folder,
+                                             self.control)
         self.learner = Learner.build(cfg, dims, env.device, tokenizer.vocab_size,
                                      initial_weights=self.resume_path is None)
         self.drafters = DrafterRuntime.build(cfg.drafter, cfg.model, self.learner.model.args,

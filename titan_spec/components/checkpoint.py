@@ -96,10 +96,30 @@ def _dist() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def find_resume_point(cfg, folder: Path) -> Path | None:
+def find_resume_point(cfg, folder: Path, group=None) -> Path | None:
     """The explicit load_path (must verify), else the newest verifying checkpoint in `folder`
-    (with checkpoint.resume), else None. Every rank sees the same files, hence the same
-    error: rank 0 alone reports it."""
+    (with checkpoint.resume), else None. Rank 0 reads and hashes the files and every rank of
+    the control group `group` (None: the world's) takes its answer: one rank reads a 235B
+    checkpoint through, not every rank. Its error is every rank's: rank 0 alone reports it."""
+    if not _dist():
+        return _reported_resume_point(cfg, folder)
+    outcome, failure = None, None
+    if dist.get_rank() == 0:
+        try:
+            path = _resume_point(cfg, folder)
+            outcome = {"path": str(path) if path is not None else None}
+        except Exception as err:  # any failure: the peers must not wait for an answer
+            failure, outcome = err, {"error": f"{err}"}
+    outcome = comm.broadcast_json(outcome, 0, group if group is not None
+                                  else comm.control_group())
+    if "error" in outcome:
+        err = failure or CheckpointError(outcome["error"])
+        err.same_on_every_rank = True
+        raise err
+    return Path(outcome["path"]) if outcome["path"] is not None else None
+
+
+def _reported_resume_point(cfg, folder: Path) -> Path | None:
     try:
         return _resume_point(cfg, folder)
     except CheckpointError as err:

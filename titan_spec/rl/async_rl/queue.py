@@ -60,13 +60,9 @@ def recv_message(src: int, group) -> RolloutBatchMessage:
 
 def broadcast_messages(messages: list | None, group) -> list[RolloutBatchMessage]:
     """Rank 0's messages on every rank of `group` (rank 0's argument; None elsewhere)."""
-    payload = _encode(messages) if messages is not None else None
-    size = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64)
-    comm.broadcast(size, 0, group=group)
-    if payload is None:
-        payload = torch.empty(int(size), dtype=torch.uint8)
-    comm.broadcast(payload, 0, group=group)
-    return _decode(payload)
+    rows = comm.broadcast_json([asdict(m) for m in messages] if messages is not None else None,
+                               0, group)
+    return [RolloutBatchMessage(**row) for row in rows]
 
 
 class RolloutQueue:
