@@ -65,6 +65,7 @@ def test_async_moe_config_on_a_tensor_parallel_replica(tmp_path, monkeypatch):
                 "drafter_version", "weight_sync_bytes", "is_clipped_fraction",
                 "logprob_mismatch_p99", "behaviour_kl", "rollout_ratio_max"):
         assert key in records[0], key
+    assert records[0]["mismatch_tokens"] > 0  # step 1 is on-policy; later ones are lagged
     # masked IS at every lag: on-policy fp32 ratios are 1 to ~1e-6, inside [0.5, 2]
     assert abs(records[0]["is_weight_max"] - 1) < 1e-4 and records[0]["is_clipped_fraction"] == 0
     assert all(r["policy_lag_max"] <= 1 or r["dropped_fraction"] == 1.0 for r in records)

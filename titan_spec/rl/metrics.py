@@ -129,7 +129,9 @@ def batch_record(batch: RolloutBatch, samples: float, dims, device, lags=None,
         sums += [float(lags.sum()), lags.numel(), float((lags > max_policy_lag).sum())]
         maxima += [float(lags.max())]
     sums, maxima = dp_sum(dims, sums, device), dp_max(dims, maxima, device)
+    # mismatch_tokens: what the mismatch figures cover (0 when every sample is lagged)
     record = {"logprob_mismatch_max": maxima[0], "logprob_mismatch_mean": sums[0] / max(sums[1], 1),
+              "mismatch_tokens": int(sums[1]),
               "nonzero_advantage_fraction": sums[2] / samples,
               "policy_version": int(batch.policy_versions.max()),
               "drafter_version": int(batch.drafter_versions.max())}
