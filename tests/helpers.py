@@ -194,21 +194,23 @@ def stable_metrics(records: list[dict]) -> list[dict]:
              if k not in _VOLATILE_KEYS and not k.endswith(_VOLATILE_SUFFIXES)} for r in records]
 
 
-def _close(expected, actual, path: str, rel: float, errors: list) -> None:
+def _close(expected, actual, path: str, rel: float, errors: list, abs_tol: float = 0.0) -> None:
     if isinstance(expected, list) and isinstance(actual, list) and len(expected) == len(actual):
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-            _close(e, a, f"{path}[{i}]", rel, errors)
+            _close(e, a, f"{path}[{i}]", rel, errors, abs_tol)
     elif isinstance(expected, float) and isinstance(actual, (int, float)) \
             and not isinstance(actual, bool):
-        if abs(expected - actual) > rel * max(abs(expected), abs(actual), 1e-6):
+        if abs(expected - actual) > rel * max(abs(expected), abs(actual), 1e-6) + abs_tol:
             errors.append(f"{path}: golden {expected!r}, now {actual!r}")
     elif expected != actual:
         errors.append(f"{path}: golden {expected!r}, now {actual!r}")
 
 
-def compare_records(expected_records: list[dict], records: list[dict], rel: float = 1e-5):
-    """-> the differences between two runs' stable metrics, key by key (floats within `rel`;
-    keys only the second run has are allowed: a metric added on purpose)."""
+def compare_records(expected_records: list[dict], records: list[dict], rel: float = 1e-5,
+                    abs_tol: float = 0.0):
+    """-> the differences between two runs' stable metrics, key by key (floats within `rel`
+    plus `abs_tol`, everything else equal; keys only the second run has are allowed: a metric
+    added on purpose)."""
     expected_records, records = stable_metrics(expected_records), stable_metrics(records)
     errors = []
     if len(expected_records) != len(records):
@@ -220,19 +222,25 @@ def compare_records(expected_records: list[dict], records: list[dict], rel: floa
         if missing:
             errors.append(f"{where}: keys gone: {missing}")
         for key in sorted(set(expected) & set(actual)):
-            _close(expected[key], actual[key], f"{where} {key}", rel, errors)
+            _close(expected[key], actual[key], f"{where} {key}", rel, errors, abs_tol)
     return errors
 
 
-def check_golden(name: str, records: list[dict], rel: float = 1e-5) -> None:
-    """Compare a run's stable metrics with tests/golden/<name>.json (compare_records).
+def check_golden(name: str, records: list[dict], rel: float = 1e-2,
+                 abs_tol: float = 1e-5) -> None:
+    """Compare a run's stable metrics with tests/golden/<name>.json (compare_records): every
+    token count, reward, acceptance figure and version exactly, floats to 1% plus 1e-5.
+    The floats cannot be tighter across machines: 40 training steps amplify the last-bit
+    differences of one CPU's kernels from another's (tests/conftest.py pins the instruction
+    set; that closes the gap for the sync job, not for the MoE job's small expert GEMMs),
+    reaching 0.4% on the SFT grad norms and 3e-8 on logprob mismatches of ~1e-7.
     TITAN_SPEC_WRITE_GOLDEN=1 rewrites the file instead: do that only for a change meant to
     alter the numbers, and say so in the commit."""
     path = GOLDEN_DIR / f"{name}.json"
     if os.environ.get("TITAN_SPEC_WRITE_GOLDEN") == "1":
         path.write_text(json.dumps(stable_metrics(records), indent=1) + "\n")
         return
-    errors = compare_records(json.loads(path.read_text()), records, rel)
+    errors = compare_records(json.loads(path.read_text()), records, rel, abs_tol)
     assert not errors, f"metrics differ from {path}:\n" + "\n".join(errors[:20])
 
 
