@@ -1,6 +1,13 @@
-"""run_train.sh's torchrun: one node, NPROC workers, and an exit that says how the job ended.
+"""run_train.sh's torchrun: NPROC workers on this node, and an exit that says how the job ended.
 
-    python -m titan_spec.launch --nproc N [--grace-s S] -- --config NAME.toml [overrides]
+    python -m titan_spec.launch --nproc N -- --config NAME.toml [overrides]
+    python -m titan_spec.launch --nproc N --nnodes M --rdzv-endpoint HOST:PORT --rdzv-id ID -- ...
+    python -m titan_spec.launch --nproc N --rdzv-id ID --verdict -- ...   (how run ID ended)
+
+One node: torchrun's standalone rendezvous. Several nodes (one launcher per node, as
+tools/slurm/train.sbatch starts them): c10d rendezvous on HOST:PORT, which hands out ranks by
+arrival (rank 0 need not be on the first node); the rendezvous id is the run's id on every node,
+so each launcher reads the same status.json verdict after a preemption.
 
 It runs torchrun's agent in this process with what a preemptible job needs and plain torchrun
 does not do by default: SIGUSR1 (Slurm's --signal=USR1@N) is forwarded to the workers like
@@ -31,9 +38,25 @@ SCRIPT = Path(__file__).resolve().parents[1] / "run_train.sh"
 AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
 
 
-def torchrun_argv(nproc: int, grace_s: int, trainer_args: list[str]) -> list[str]:
-    return ["--standalone", "--nproc_per_node", str(nproc), "--signals-to-handle", AGENT_SIGNALS,
-            "--shutdown-timeout", str(grace_s), "--no-python", str(SCRIPT), *trainer_args]
+def rendezvous_argv(nnodes: int, endpoint: str | None, rdzv_id: str | None) -> list[str]:
+    """torchrun's rendezvous flags: standalone on one node, c10d on `endpoint` across nodes."""
+    if nnodes == 1 and endpoint is None:
+        return ["--standalone"]
+    if not endpoint or not rdzv_id:
+        raise ValueError(f"--nnodes={nnodes} needs --rdzv-endpoint HOST:PORT (the head node's "
+                         "address) and --rdzv-id (the same on every node, e.g. the Slurm job id)")
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--rdzv-endpoint={endpoint!r} is not HOST:PORT")
+    return ["--nnodes", str(nnodes), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint,
+            "--rdzv_id", rdzv_id]
+
+
+def torchrun_argv(nproc: int, grace_s: int, trainer_args: list[str], nnodes: int = 1,
+                  endpoint: str | None = None, rdzv_id: str | None = None) -> list[str]:
+    return [*rendezvous_argv(nnodes, endpoint, rdzv_id), "--nproc_per_node", str(nproc),
+            "--signals-to-handle", AGENT_SIGNALS, "--shutdown-timeout", str(grace_s),
+            "--no-python", str(SCRIPT), *trainer_args]
 
 
 def _failed_ranks(failures: dict) -> int:
@@ -84,16 +107,17 @@ def _quiet_agent() -> None:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def launch(nproc: int, grace_s: int, dump_folder: str, trainer_args: list[str]) -> int:
+def launch(torchrun_args: list[str], grace_s: int, dump_folder: str,
+           run_id: str | None = None) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
-    run_id = os.environ["TITAN_SPEC_RUN_ID"] = uuid.uuid4().hex
+    run_id = os.environ["TITAN_SPEC_RUN_ID"] = run_id or uuid.uuid4().hex
     _quiet_agent()
     for sig in STOP_SIGNALS:
         signal.signal(sig, _stop_once)
-    args = get_args_parser().parse_args(torchrun_argv(nproc, grace_s, trainer_args))
+    args = get_args_parser().parse_args(torchrun_args)
     try:
         run(args)
     except ChildFailedError as err:
@@ -103,9 +127,25 @@ def launch(nproc: int, grace_s: int, dump_folder: str, trainer_args: list[str]) 
     return 0
 
 
+def verdict(dump_folder: str, run_id: str | None) -> int:
+    """How run `run_id` ended, from its status.json: 0 done, 75 preempted (a checkpoint of
+    its last step is written), 1 anything else. For a multi-node job script, whose srun
+    reports the worst of its tasks: a node killed after its peers' preemption save would
+    turn the job's 75 into a signal's status."""
+    status = read_status(dump_folder) or {}
+    if run_id is None or status.get("run_id") != run_id:
+        return 1
+    return {"done": 0, "preempted": PREEMPTED_EXIT}.get(status.get("state"), 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="titan_spec.launch", allow_abbrev=False)
-    parser.add_argument("--nproc", type=int, required=True)
+    parser.add_argument("--nproc", type=int, required=True, help="workers on this node")
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes, one launcher on each")
+    parser.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the head node")
+    parser.add_argument("--rdzv-id", default=None, help="the job's id, the same on every node")
+    parser.add_argument("--verdict", action="store_true",
+                        help="start nothing: exit with how run --rdzv-id ended (0 / 75 / 1)")
     parser.add_argument("trainer_args", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     trainer_args = args.trainer_args[1:] if args.trainer_args[:1] == ["--"] else \
@@ -116,8 +156,16 @@ def main(argv: list[str] | None = None) -> int:
     known.add_argument("--config", "--job.config_file", dest="config", default=None)
     parsed, overrides = known.parse_known_args(trainer_args)
     cfg = load_config(parsed.config, overrides)  # the preflight already checked it
-    return launch(args.nproc, cfg.checkpoint.preempt_grace_s, cfg.job.dump_folder,
-                  trainer_args)
+    if args.verdict:
+        return verdict(cfg.job.dump_folder, args.rdzv_id)
+    grace_s = cfg.checkpoint.preempt_grace_s
+    try:
+        torchrun_args = torchrun_argv(args.nproc, grace_s, trainer_args, args.nnodes,
+                                      args.rdzv_endpoint, args.rdzv_id)
+    except ValueError as err:
+        print(f"titan-spec: error: {err}", file=sys.stderr)
+        return 2
+    return launch(torchrun_args, grace_s, cfg.job.dump_folder, args.rdzv_id)
 
 
 if __name__ == "__main__":

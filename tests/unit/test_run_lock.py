@@ -5,6 +5,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -44,3 +46,25 @@ def test_released_lock_is_free_and_a_missing_folder_is_free(tmp_path):
     check_free(tmp_path / "never-made")
     assert not (tmp_path / "never-made").exists()
 
+
+
+
+def test_a_checking_launcher_on_another_node_is_not_taken_for_a_job(tmp_path):
+    """The launchers of a multi-node job check the shared folder at the same moment, and a
+    check holds the lock for an instant. Found on a real 2-node Slurm job: the second node's
+    check met the first one's and refused with 'in use by job ?'. A lock held for a moment
+    is asked again; one held past the patience is a job; a probe leaves the file's holder
+    name as it was."""
+    RunLock(tmp_path, "earlier-job").acquire().release()
+    probe = RunLock(tmp_path).acquire(record=False)
+    threading.Timer(0.3, probe.release).start()
+    start = time.monotonic()
+    check_free(tmp_path, patience_s=5.0)
+    assert 0.3 <= time.monotonic() - start < 5.0
+    held = RunLock(tmp_path).acquire(record=False)
+    try:
+        with pytest.raises(FolderBusy, match="in use"):
+            check_free(tmp_path, patience_s=0.3)
+    finally:
+        held.release()
+    assert '"job": "earlier-job"' in (tmp_path / ".run.lock").read_text()

@@ -38,8 +38,9 @@ class RunLock:
         self.job_name = job_name
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
-        """Take the lock or raise FolderBusy naming the holder and the way out."""
+    def acquire(self, record: bool = True) -> "RunLock":
+        """Take the lock or raise FolderBusy naming the holder and the way out; `record`:
+        name this process in the file (a probe that lets go at once does not)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -50,11 +51,12 @@ class RunLock:
                 f"job.dump_folder {self.path.parent} is in use by {_holder(self.path)}. Wait "
                 "for that job to end or stop it, or give this run another job.dump_folder."
             ) from None
-        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
-                "job": self.job_name}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        if record:
+            info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time(),
+                    "job": self.job_name}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
         return self
 
     def release(self) -> None:
@@ -63,8 +65,19 @@ class RunLock:
             self._fd = None
 
 
-def check_free(dump_folder: str | os.PathLike) -> None:
+def check_free(dump_folder: str | os.PathLike, patience_s: float = 2.0) -> None:
     """The launcher's check before it starts workers: FolderBusy when a live job holds the
-    folder. Takes the lock for an instant only; a folder that does not exist is free."""
-    if (Path(dump_folder) / LOCK_NAME).exists():
-        RunLock(dump_folder).acquire().release()
+    folder; a folder that does not exist is free. It takes the lock for an instant, and so do
+    the launchers of a multi-node job's other nodes, which check the same shared folder at the
+    same moment: a busy folder is asked again for `patience_s` before it counts as taken."""
+    if not (Path(dump_folder) / LOCK_NAME).exists():
+        return
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            RunLock(dump_folder).acquire(record=False).release()
+            return
+        except FolderBusy:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
