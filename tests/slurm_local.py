@@ -154,7 +154,9 @@ class LocalSlurm:
         return "\n".join([
             "ClusterName=titanspec", "SlurmctldHost=localhost", "SlurmUser=root",
             "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo=socket={r}/munge/munge.sock",
+            # cred_expire is also how long a requeued job waits before it may start again
+            # (120 s by default): 10 s keeps the preemption test short.
+            f"AuthInfo=socket={r}/munge/munge.sock,cred_expire=10",
             f"SlurmctldPort={self.ctld_port}", f"SlurmdPort={self.node_port}",
             f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool/%n",
             f"SlurmctldPidFile={r}/run/slurmctld.pid", f"SlurmdPidFile={r}/run/slurmd-%n.pid",
