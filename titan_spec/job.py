@@ -103,6 +103,7 @@ class LearnerJob:
         resumed, self.reference_ready = self._resume()
         if layout is not None:  # the rollout ranks learn where the run resumes
             share_start_point(self.state.step, self.state.policy_version)
+            layout.policy_sync.prepare(self.learner.model)
         self.metrics = MetricsLogger(cfg.job.dump_folder, cfg.metrics, cfg.job.name,
                                      env.is_main, self.state.step if resumed else None)
         self.saved_step = self.state.step if resumed else None

@@ -21,12 +21,13 @@ def _dims(degrees: dict, world: int, first: int):
 
 
 def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, corrupt,
-          dtype=torch.float32):
+          dtype=torch.float32, sharded=False):
     from titan_spec.config.schema import Parallelism
     from titan_spec.models import build_model, get_model_spec
     from titan_spec.models.init import canonical_name, materialize_and_init
     from titan_spec.parallel.plans import parallelize
     from titan_spec.parallel.rollout_layout import build_rollout_model, rollout_slice
+    from titan_spec.parallel.sharded_sync import ShardedWeightSync
     from titan_spec.parallel.weight_sync import WeightSync, WeightSyncError
 
     rollout_ranks = list(range(learner_world, world_size))
@@ -35,28 +36,40 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     spec = get_model_spec("qwen3")
     full = build_model("qwen3", flavor, seed=7)  # what the learner holds, whole
     tp_rank = rollout_dims.mesh("tp").get_local_rank() if rank >= learner_world else 0
-    sync_cls = WeightSync
+    sync_cls = ShardedWeightSync if sharded else WeightSync
     if corrupt:
-        class Corrupting(WeightSync):
+        class Corrupting(sync_cls):
             def on_arrival(self, bucket, index):
                 if index == 1:
                     bucket = bucket.clone()
-                    bucket[3] += 1e-3
+                    bucket.view(torch.uint8)[13] ^= 1  # one bit of one element
                 return bucket
         sync_cls = Corrupting
     n_kv_heads = spec.args(flavor).n_kv_heads
-    sync = sync_cls(0, rollout_ranks, bucket_bytes=64 << 10, rollout_tp=rollout_tp,
-                    rollout_tp_rank=tp_rank, n_kv_heads=n_kv_heads)
+    sync = sync_cls(*([list(range(learner_world))] if sharded else [0]), rollout_ranks,
+                    bucket_bytes=64 << 10, rollout_tp=rollout_tp, rollout_tp_rank=tp_rank,
+                    n_kv_heads=n_kv_heads)
     if rank < learner_world:
         model = build_model("qwen3", flavor, device="meta")
         parallelize("qwen3", model, learner_dims, Parallelism(**learner_degrees), "cpu")
         materialize_and_init(model, torch.device("cpu"), seed=7)
+        if sharded:
+            try:
+                sync.prepare(model)
+            except ValueError as err:
+                return {"refused": str(err)}
+            _forbid_gathers()
         report = sync.send(model, version=3)
         sync.wait()
         return {"sent": report.bytes, "buckets": report.buckets}
     group = rollout_dims.mesh("tp").get_group() if rollout_tp > 1 else None
     rollout = build_rollout_model(spec.builder, full.args, torch.device("cpu"), rollout_tp, group,
                                   (dtype, dtype))
+    if sharded:
+        try:
+            sync.prepare(rollout)
+        except ValueError as err:
+            return {"refused": str(err)}
     with torch.no_grad():  # to_empty leaves garbage (NaN != NaN): start from a known value
         for param in rollout.parameters():
             param.fill_(-7.0)
@@ -67,10 +80,11 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     except WeightSyncError as err:
         return {"error": str(err), "second_bucket_untouched": _untouched(rollout, before)}
     expected = full.state_dict()
-    mismatched = []
+    mismatched, slice_bytes = [], 0
     for name, param in rollout.named_parameters():
         name = canonical_name(name)
         want = rollout_slice(name, expected[name], rollout_tp, tp_rank, n_kv_heads).to(dtype)
+        slice_bytes += want.numel() * want.element_size()
         if not torch.equal(param, want):
             mismatched.append(name)
     tokens = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(1))
@@ -79,7 +93,18 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     with torch.no_grad():
         logit_gap = (rollout(tokens).float() - full(tokens).float()).abs().max().item()
     return {"mismatched": mismatched, "version": report.version, "bytes": report.bytes,
-            "logit_gap": logit_gap, "dtypes": sorted({str(p.dtype) for p in rollout.parameters()})}
+            "slice_bytes": slice_bytes, "logit_gap": logit_gap, "dtypes": sorted({str(p.dtype) for p in rollout.parameters()})}
+
+
+def _forbid_gathers():
+    """From here on, a learner rank that materialises a full parameter fails the test."""
+    from torch.distributed.tensor import DTensor
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the sharded sync gathered a full parameter")
+
+    DTensor.full_tensor = refuse
+    DTensor.redistribute = refuse
 
 
 def _untouched(rollout, before):
@@ -177,3 +202,36 @@ def test_drafter_sync_carries_the_eagle3_vocabulary_map(tmp_path):
     for name, tensor in learner.items():
         assert torch.equal(tensor, rollout[name]), name
     assert rollout["0.t2d"].sum() == 20
+
+
+@pytest.mark.parametrize("flavor, learner, world, rollout_tp, dtype", [
+    ("debug", {"dp_shard": 2}, 4, 2, torch.float32),
+    ("debug", {"dp_shard": 2}, 4, 2, torch.bfloat16),
+    ("debug_moe", {"dp_shard": 2, "ep": 2}, 6, 4, torch.float32),
+    ("debug", {"dp_shard": 2, "tp": 2}, 6, 2, torch.float32),
+], ids=["fsdp2->tp2", "fsdp2->tp2-bf16", "ep->tp4", "fsdp2xtp->tp2"])
+def test_sharded_sync_sends_each_rollout_rank_its_slice_only(flavor, learner, world, rollout_tp,
+                                                             dtype, tmp_path):
+    """async_rl.weight_sync = sharded: each learner rank sends what it holds (gathering a
+    parameter fails the test), each rollout rank receives its slice's bytes in its own dtype,
+    not the model, and holds the learner's weights bit for bit (cast)."""
+    learner_world = world - 2 if rollout_tp == 2 else 2
+    results = run_function(world, _run_on_last_rollout_rank, tmp_path, flavor, learner,
+                           learner_world, rollout_tp, False, dtype, True)
+    learners, rollouts = results[:learner_world], results[learner_world:]
+    for result in rollouts:
+        assert result["mismatched"] == [] and result["version"] == 3
+        assert result["bytes"] == result["slice_bytes"]
+        assert result["dtypes"] == [str(dtype)]
+    assert all(result["sent"] > 0 for result in learners)  # many senders
+    assert sum(r["sent"] for r in learners) == sum(r["bytes"] for r in rollouts)
+    full_model_bytes = rollouts[0]["slice_bytes"] * rollout_tp
+    assert all(r["bytes"] < full_model_bytes for r in rollouts)
+
+
+def test_sharded_sync_detects_a_corrupted_bucket(tmp_path):
+    results = run_function(4, _run_on_last_rollout_rank, tmp_path, "debug", {"dp_shard": 2}, 2,
+                           1, True, torch.float32, True)
+    for result in results[2:]:
+        assert "bucket 1 from rank" in result["error"] and "checksum" in result["error"]
+

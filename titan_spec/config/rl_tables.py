@@ -137,6 +137,13 @@ class AsyncRL:
         "mid-batch (tokens already in the KV cache stay; each later token is sampled from the "
         "new weights). A batch counts as the version it started from."
     )
+    weight_sync: str = opt(
+        "sharded", "How the policy reaches the rollout mesh after a step: every learner rank "
+        "sends its own shard's parts, cast to the rollout dtype, straight to the rollout ranks "
+        "that hold them, so each receives only its slice (sharded); or every learner rank "
+        "gathers each full fp32 parameter and the first broadcasts the whole model to every "
+        "rollout rank (gather).", choices=("sharded", "gather"),
+    )
 
 
 @dataclass

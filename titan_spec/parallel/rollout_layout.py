@@ -9,8 +9,8 @@ all-reduced over tp, one all-reduce per MoE layer. When tp exceeds the KV heads 
 embedding and output head are held whole (the EAGLE / MTP drafters read it); verification
 computes only this rank's rows of it (rollout.vocab_parallel).
 
-`rollout_slice` is the one rule for which part of a full parameter a rank holds: the weight
-sync cuts with it, the dry run sizes with it, and the tests check against it."""
+`rollout_box` is the one rule for which part of a full parameter a rank holds (`rollout_slice`
+cuts it out): the weight syncs cut with it, the dry run sizes with it, the tests check against it."""
 
 from __future__ import annotations
 
@@ -40,17 +40,33 @@ def _slice_dim(name: str) -> int | None:
     return None
 
 
+def _chunk(size: int, parts: int, index: int) -> tuple[int, int]:
+    """torch.chunk's index-th part of `size` elements."""
+    step = -(-size // parts)
+    return min(index * step, size), min((index + 1) * step, size)
+
+
+def rollout_box(name: str, shape, tp: int, tp_rank: int, n_kv_heads: int):
+    """This rollout tp rank's part of the full parameter `name` of `shape`: a (start, stop)
+    range per dim."""
+    box = [(0, int(n)) for n in shape]
+    dim = _slice_dim(name) if tp > 1 else None
+    if dim is None:
+        return tuple(box)
+    if name.endswith(_KV) and tp > n_kv_heads:
+        # Query heads are split tp ways; the ranks sharing a KV head hold a copy of it.
+        box[0] = _chunk(shape[0], n_kv_heads, tp_rank * n_kv_heads // tp)
+    else:
+        box[dim] = _chunk(shape[dim], tp, tp_rank)
+    return tuple(box)
+
+
 def rollout_slice(name: str, full: torch.Tensor, tp: int, tp_rank: int,
                   n_kv_heads: int) -> torch.Tensor:
     """This rollout tp rank's part of the full parameter `name` (a view; `full` itself when
     the parameter is held whole). Works on meta tensors, for sizing."""
-    dim = _slice_dim(name) if tp > 1 else None
-    if dim is None:
-        return full
-    if name.endswith(_KV) and tp > n_kv_heads:
-        # Query heads are split tp ways; the ranks sharing a KV head hold a copy of it.
-        return full.chunk(n_kv_heads, dim=0)[tp_rank * n_kv_heads // tp]
-    return full.chunk(tp, dim=dim)[tp_rank]
+    box = rollout_box(name, full.shape, tp, tp_rank, n_kv_heads)
+    return full[tuple(slice(start, stop) for start, stop in box)]
 
 
 def rollout_local_args(args, tp: int):

@@ -117,6 +117,10 @@ class WeightSync:
         self.group = self.groups[mine[0]] if mine else None
         self.header_group = self.header_groups[mine[0]] if mine else None
 
+    def prepare(self, model: nn.Module) -> None:
+        """Nothing to plan: every sync gathers and broadcasts by name (the sharded sync plans
+        here, collectively, once before its first sync)."""
+
     # ------------------------------------------------------------------ learner side
     def send(self, model: nn.Module, version: int) -> SyncReport:
         """Every learner rank calls this (the gathers are collective over the learner mesh).

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from titan_spec import comm
 from titan_spec.formats.initial_load import model_args
 from titan_spec.parallel.parallel_dims import ParallelDims
+from titan_spec.parallel.sharded_sync import ShardedWeightSync
 from titan_spec.parallel.weight_sync import DEFAULT_STAGING_BYTES, WeightSync
 from titan_spec.preflight import split_world
 
@@ -47,13 +48,16 @@ def build_async_layout(cfg, env) -> AsyncLayout:
         # the learner must never wait for buckets to be taken (unbounded staging).
         fanout = [rollout_ranks[i:i + tp] for i in range(0, len(rollout_ranks), tp)]
         staging = None
-        if env.rank == 0:
+        if env.rank == 0 and cfg.async_rl.weight_sync == "gather":
             log.warning("async_rl.stale_batches=drop: learner rank 0 holds every weight sync not "
                         "yet taken, up to about max_policy_lag + 2 fp32 copies of the "
                         "policy (%.1f GiB each)", args.num_params() * 4 / 2**30)
-    policy_sync = WeightSync(0, rollout_ranks, rollout_tp=tp, rollout_tp_rank=tp_rank,
-                             n_kv_heads=args.n_kv_heads, device=env.device, fanout=fanout,
-                             staging_bytes=staging)
+    policy_kw = dict(rollout_tp=tp, rollout_tp_rank=tp_rank, n_kv_heads=args.n_kv_heads,
+                     device=env.device, fanout=fanout, staging_bytes=staging)
+    if cfg.async_rl.weight_sync == "sharded":
+        policy_sync = ShardedWeightSync(learner_ranks, rollout_ranks, **policy_kw)
+    else:
+        policy_sync = WeightSync(0, rollout_ranks, **policy_kw)
     drafter_sync = WeightSync(0, rollout_ranks, device=env.device, fanout=fanout,
                               staging_bytes=staging)  # drafters: held whole
     leaders = rollout_ranks[::tp]

@@ -61,6 +61,7 @@ class RolloutWorker:
     def run(self) -> None:
         """Generate the batches from where the learner starts (it shares that) to the end."""
         step, _ = share_start_point()
+        self.policy_sync.prepare(self.model)
         self.generate_steps(max(step, self.sft_steps) + 1, self.total_steps)
 
     def close(self) -> None:

@@ -1,0 +1,97 @@
+"""Which learner rank sends which part of each parameter to which rollout rank: the plan of
+a weight sync in which no rank gathers a parameter.
+
+A part is a box, a (start, stop) range per dim of the full parameter. Each learner rank holds
+one box of each parameter: FSDP2 cuts the rank's EP / TP shard along dim 0 into contiguous
+rows, so its shard stays a box even where DTensor writes it as a strided shard (FSDP2 over EP
+or over colwise TP on the same dim); partial placements are refused. Each rollout rank needs
+one box (rollout_layout.rollout_box). The plan intersects them: a transfer is the part of a
+rollout rank's box that one learner rank holds. Where several learner ranks hold the same box
+(replicated placements), the lowest rank sends it. Every rank computes the same plan from the
+same inputs, so sender and receiver agree on the order and size of every message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.tensor import DTensor, Replicate, Shard
+from torch.distributed.tensor.placement_types import _StridedShard
+
+Box = tuple[tuple[int, int], ...]
+
+
+def full_box(shape) -> Box:
+    return tuple((0, int(n)) for n in shape)
+
+
+def box_numel(box: Box) -> int:
+    numel = 1
+    for start, stop in box:
+        numel *= max(0, stop - start)
+    return numel
+
+
+def intersect(a: Box, b: Box) -> Box | None:
+    box = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b, strict=True))
+    return box if box_numel(box) > 0 else None
+
+
+def relative(box: Box, origin: Box) -> tuple[slice, ...]:
+    """`box` as slices of a tensor holding `origin` (a box containing it)."""
+    return tuple(slice(start - o0, stop - o0) for (start, stop), (o0, _) in zip(box, origin,
+                                                                               strict=True))
+
+
+def local_box(param) -> Box:
+    """The box of the full parameter this rank's local tensor holds."""
+    if not isinstance(param, DTensor):
+        return full_box(param.shape)
+    for placement in param.placements:
+        if type(placement) not in (Shard, _StridedShard, Replicate):
+            raise ValueError(f"a learner parameter placed as {param.placements} is not a box "
+                             "of the full tensor: use async_rl.weight_sync=gather for this "
+                             "layout.")
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
+                                                          param.placements)
+    return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+
+
+@dataclass(frozen=True)
+class Transfer:
+    name: str
+    src: int  # learner rank
+    dst: int  # rollout rank
+    box: Box  # in full-parameter coordinates
+
+
+def plan_transfers(learner_boxes: dict[int, dict[str, Box]],
+                   rollout_boxes: dict[int, dict[str, Box]]) -> list[Transfer]:
+    """Every transfer of a sync, in the one order both sides use: by parameter name, then
+    rollout rank, then learner rank. ValueError when the learner ranks' boxes do not cover a
+    rollout rank's box exactly once."""
+    transfers = []
+    names = sorted(next(iter(rollout_boxes.values())))
+    for name in names:
+        senders, seen = [], set()
+        for src in sorted(learner_boxes):
+            box = learner_boxes[src][name]
+            if box_numel(box) and box not in seen:  # replicas: the first holder sends
+                seen.add(box)
+                senders.append((src, box))
+        for dst in sorted(rollout_boxes):
+            wanted = rollout_boxes[dst][name]
+            parts = [(src, intersect(box, wanted)) for src, box in senders]
+            parts = [(src, part) for src, part in parts if part is not None]
+            if sum(box_numel(part) for _, part in parts) != box_numel(wanted):
+                raise ValueError(f"{name}: the learner ranks' shards {senders} do not cover "
+                                 f"rollout rank {dst}'s part {wanted} exactly once.")
+            transfers += [Transfer(name, src, dst, part) for src, part in parts]
+    return transfers
+
+
+def piece(local: torch.Tensor, origin: Box, box: Box, dtype: torch.dtype) -> torch.Tensor:
+    """The part `box` of a tensor holding `origin`, cast to `dtype`, as flat bytes."""
+    return local[relative(box, origin)].to(dtype).contiguous().view(-1).view(torch.uint8)
