@@ -93,7 +93,8 @@ def _sync(rank, world_size, flavor, learner_degrees, learner_world, rollout_tp, 
     with torch.no_grad():
         logit_gap = (rollout(tokens).float() - full(tokens).float()).abs().max().item()
     return {"mismatched": mismatched, "version": report.version, "bytes": report.bytes,
-            "slice_bytes": slice_bytes, "logit_gap": logit_gap, "dtypes": sorted({str(p.dtype) for p in rollout.parameters()})}
+            "slice_bytes": slice_bytes, "logit_gap": logit_gap,
+            "dtypes": sorted({str(p.dtype) for p in rollout.parameters()})}
 
 
 def _forbid_gathers():

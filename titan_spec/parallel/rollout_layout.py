@@ -10,7 +10,7 @@ embedding and output head are held whole (the EAGLE / MTP drafters read it); ver
 computes only this rank's rows of it (rollout.vocab_parallel).
 
 `rollout_box` is the one rule for which part of a full parameter a rank holds (`rollout_slice`
-cuts it out): the weight syncs cut with it, the dry run sizes with it, the tests check against it."""
+cuts it out): the weight syncs cut with it, the dry run sizes with it, the tests check with it."""
 
 from __future__ import annotations
 
