@@ -159,18 +159,26 @@ def test_corrupted_bucket_is_detected(tmp_path):
         assert result["second_bucket_untouched"]  # the damaged bucket was not applied
 
 
-def test_checksum_catches_changed_swapped_and_zeroed_elements():
-    from titan_spec.parallel.weight_sync import checksum
+@pytest.mark.parametrize("kind", ["host crc32", "device sum"])
+def test_checksum_catches_changed_swapped_and_zeroed_elements(kind):
+    """Both kinds (the device one runs on any device; CUDA buckets use it, tests/gpu too),
+    over float32 buckets and odd-sized byte buckets (the sharded sync's)."""
+    from titan_spec.parallel.weight_sync import checksum, device_checksum
 
-    bucket = torch.randn(1000, generator=torch.Generator().manual_seed(0))
-    reference = checksum(bucket)
-    changed, swapped, zeroed = bucket.clone(), bucket.clone(), bucket.clone()
-    changed[7] = torch.nextafter(changed[7], torch.tensor(10.0))  # one bit of one element
-    swapped[[3, 900]] = swapped[[900, 3]]
-    zeroed[500:] = 0
-    assert torch.equal(checksum(bucket.clone()), reference)
-    for damaged in (changed, swapped, zeroed):
-        assert not torch.equal(checksum(damaged), reference)
+    function = checksum if kind == "host crc32" else \
+        (lambda flat: device_checksum(flat, chunk_words=64))  # several chunks
+    for bucket in (torch.randn(1000, generator=torch.Generator().manual_seed(0)),
+                   torch.randint(0, 256, (1001,), dtype=torch.uint8,
+                                 generator=torch.Generator().manual_seed(1))):
+        reference = function(bucket)
+        changed, swapped, zeroed = bucket.clone(), bucket.clone(), bucket.clone()
+        changed.view(torch.uint8)[7] ^= 1  # one bit of one element
+        swapped[[3, 900]] = swapped[[900, 3]]
+        assert not torch.equal(swapped, bucket)
+        zeroed[500:] = 0
+        assert torch.equal(function(bucket.clone()), reference)
+        for damaged in (changed, swapped, zeroed):
+            assert not torch.equal(function(damaged), reference)
 
 
 def _sync_eagle3_head(rank, world_size):

@@ -43,3 +43,12 @@ def test_planes_under_nccl():
 def test_fp8_emulation_equals_scaled_mm_on_cuda():
     result = fp8(torch.device("cuda"), None)
     assert result["ok"], result
+
+
+def test_weight_sync_checksums_stay_on_the_device_and_agree_with_the_host_sum():
+    from titan_spec.parallel.weight_sync import checksum, device_checksum
+
+    bucket = torch.randint(0, 256, ((3 << 20) + 3,), dtype=torch.uint8)
+    on_device = checksum(bucket.cuda())
+    assert on_device.device.type == "cuda"
+    assert torch.equal(on_device.cpu(), device_checksum(bucket))

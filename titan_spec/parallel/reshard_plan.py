@@ -12,6 +12,7 @@ same inputs, so sender and receiver agree on the order and size of every message
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,21 @@ def local_box(param) -> Box:
     return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
 
 
+def boxes_by_rank(param) -> dict[int, Box]:
+    """The box each rank of `param`'s mesh holds: what local_box gives on that rank (the dry
+    run plans a sync for ranks it does not run)."""
+    from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
+
+    mesh = param.device_mesh
+    boxes = {}
+    for coordinate in itertools.product(*(range(n) for n in mesh.shape)):
+        shape, offset = _compute_local_shape_and_global_offset(
+            param.shape, mesh.shape, list(coordinate), param.placements)
+        rank = int(mesh.mesh[coordinate])
+        boxes[rank] = tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+    return boxes
+
+
 @dataclass(frozen=True)
 class Transfer:
     name: str
@@ -67,28 +83,39 @@ class Transfer:
     box: Box  # in full-parameter coordinates
 
 
+def _senders(learner_boxes: dict[int, dict[str, Box]], name: str) -> list[tuple[int, Box]]:
+    """(learner rank, box) of the holders of `name` that send: replicas' first holder only."""
+    senders, seen = [], set()
+    for src in sorted(learner_boxes):
+        box = learner_boxes[src].get(name)
+        if box is not None and box_numel(box) and box not in seen:
+            seen.add(box)
+            senders.append((src, box))
+    return senders
+
+
 def plan_transfers(learner_boxes: dict[int, dict[str, Box]],
-                   rollout_boxes: dict[int, dict[str, Box]]) -> list[Transfer]:
-    """Every transfer of a sync, in the one order both sides use: by parameter name, then
-    rollout rank, then learner rank. ValueError when the learner ranks' boxes do not cover a
-    rollout rank's box exactly once."""
+                   rollout_boxes: dict[int, dict[str, Box]], src: int | None = None,
+                   dst: int | None = None) -> list[Transfer]:
+    """The transfers of a sync from learner rank `src` and to rollout rank `dst` (None: all),
+    in the one order both sides use: by parameter name, then rollout rank, then learner rank.
+    A rank plans its own transfers only: at 192 learner x 64 rollout ranks the whole plan has
+    millions. ValueError when the learner boxes do not cover a planned rollout box exactly
+    once (checked where dst is given or for all)."""
     transfers = []
     names = sorted(next(iter(rollout_boxes.values())))
+    targets = sorted(rollout_boxes) if dst is None else [dst]
     for name in names:
-        senders, seen = [], set()
-        for src in sorted(learner_boxes):
-            box = learner_boxes[src][name]
-            if box_numel(box) and box not in seen:  # replicas: the first holder sends
-                seen.add(box)
-                senders.append((src, box))
-        for dst in sorted(rollout_boxes):
-            wanted = rollout_boxes[dst][name]
-            parts = [(src, intersect(box, wanted)) for src, box in senders]
-            parts = [(src, part) for src, part in parts if part is not None]
-            if sum(box_numel(part) for _, part in parts) != box_numel(wanted):
+        senders = _senders(learner_boxes, name)
+        for target in targets:
+            wanted = rollout_boxes[target][name]
+            parts = [(rank, intersect(box, wanted)) for rank, box in senders
+                     if src is None or rank == src]
+            parts = [(rank, part) for rank, part in parts if part is not None]
+            if src is None and sum(box_numel(part) for _, part in parts) != box_numel(wanted):
                 raise ValueError(f"{name}: the learner ranks' shards {senders} do not cover "
-                                 f"rollout rank {dst}'s part {wanted} exactly once.")
-            transfers += [Transfer(name, src, dst, part) for src, part in parts]
+                                 f"rollout rank {target}'s part {wanted} exactly once.")
+            transfers += [Transfer(name, rank, target, part) for rank, part in parts]
     return transfers
 
 

@@ -57,16 +57,19 @@ class ShardedWeightSync(WeightSync):
     def __init__(self, learner_ranks: list[int], rollout_ranks: list[int], **kw):
         super().__init__(learner_ranks[0], rollout_ranks, **kw)
         self.learner_ranks = list(learner_ranks)
-        self.plan: list[Transfer] | None = None
+        self.planned = False
         self.dtypes: dict[str, torch.dtype] = {}
-        self.rollout_boxes: dict[int, dict[str, Box]] = {}
+        self.names = 0  # parameters a sync carries: the header's check that both sides agree
+        # this rank's buckets, by peer: what a learner rank sends to each rollout rank, or
+        # what a rollout rank receives from each learner rank
+        self.buckets: dict[int, list[list[Transfer]]] = {}
+        self.my_box: dict[str, Box] = {}
 
     # ------------------------------------------------------------------ both sides
     def prepare(self, model: nn.Module) -> None:
         """Collective over the whole job, once before the first sync: every rank passes its
         own model (the learner's sharded one, or the rollout slice)."""
         tensors = synced_tensors(model)
-        learner = self.rank in self.learner_ranks
         boxes = {}
         for src in self.learner_ranks:
             received = comm.broadcast_json(_boxes_or_error(tensors) if src == self.rank
@@ -80,17 +83,31 @@ class ShardedWeightSync(WeightSync):
         shapes = comm.broadcast_json({n: list(t.shape) for n, t in tensors.items()}
                                      if self.rank == self.source_rank else None, self.source_rank)
         self.dtypes = {name: _dtype(dtype) for name, dtype in dtypes.items()}
-        self.rollout_boxes = {
+        self.names = len(shapes)
+        rollout_boxes = {
             rank: {name: rollout_box(name, shape, self.rollout_tp, index % self.rollout_tp,
                                      self.n_kv_heads) for name, shape in shapes.items()}
             for index, rank in enumerate(self.rollout_ranks)}
-        self.plan = plan_transfers(boxes, self.rollout_boxes)
-        if learner:
+        problem = ""
+        if self.rank in self.learner_ranks:
             self.my_box = boxes[self.rank]
-
-    def _pair(self, src: int, dst: int) -> list[list[Transfer]]:
-        return _buckets([t for t in self.plan if t.src == src and t.dst == dst], self.dtypes,
-                        self.bucket_bytes)
+            mine = plan_transfers(boxes, rollout_boxes, src=self.rank)
+            peers, key = self.rollout_ranks, "dst"
+        else:  # each rollout rank checks that the learner shards cover its own boxes
+            self.my_box = rollout_boxes[self.rank]
+            try:
+                mine = plan_transfers(boxes, rollout_boxes, dst=self.rank)
+            except ValueError as err:
+                mine, problem = [], str(err)
+            peers, key = self.learner_ranks, "src"
+        failed = torch.tensor([int(bool(problem))])
+        comm.all_reduce(failed, op=comm.MAX, group=comm.control_group())
+        if int(failed):  # on every rank, so that none waits for a sync that cannot come
+            raise ValueError(problem or "the weight sync's plan does not cover a rollout "
+                             "rank's slice (that rank's error names the parameter)")
+        self.buckets = {peer: _buckets([t for t in mine if getattr(t, key) == peer],
+                                       self.dtypes, self.bucket_bytes) for peer in peers}
+        self.planned = True
 
     # ------------------------------------------------------------------ learner side
     @torch.no_grad()
@@ -98,21 +115,22 @@ class ShardedWeightSync(WeightSync):
         """Every learner rank: post this rank's buckets to the rollout ranks (non-blocking
         while the staged bytes fit). -> the bytes this rank sent."""
         start, sent = time.perf_counter(), 0
-        if self.plan is None:
+        if not self.planned:
             raise WeightSyncError("prepare() must run on every rank before the first sync.")
         if self.rank == self.source_rank:
-            self._launch(torch.tensor([version, len(self.plan)], dtype=torch.int64),
+            self._launch(torch.tensor([version, self.names], dtype=torch.int64),
                          self.header_groups)
         locals_ = {name: t.to_local() if hasattr(t, "to_local") else t.detach()
                    for name, t in synced_tensors(model).items()}
         for dst in self.rollout_ranks:
-            for bucket in self._pair(self.rank, dst):
+            for bucket in self.buckets[dst]:
                 flat = torch.cat([piece(locals_[t.name], self.my_box[t.name], t.box,
                                         self.dtypes[t.name]) for t in bucket])
                 self._post(flat, dst)
                 self._post(checksum(flat), dst)
                 sent += flat.numel()
-        return SyncReport(version, sent, len(self.plan), time.perf_counter() - start)
+        buckets = sum(len(b) for b in self.buckets.values())
+        return SyncReport(version, sent, buckets, time.perf_counter() - start)
 
     def _post(self, tensor: torch.Tensor, dst: int) -> None:
         while self._in_flight and self._in_flight[0][0].is_completed():
@@ -128,14 +146,13 @@ class ShardedWeightSync(WeightSync):
         learner rank, verify each bucket, copy the parts into `model`."""
         start, received = time.perf_counter(), 0
         named = self._local_params(model, full_shapes)
-        mine = self.rollout_boxes[self.rank]
         header = self._take_header()
-        if int(header[1]) != len(self.plan):
-            raise WeightSyncError(f"the learner sends {int(header[1])} parts, this rank's plan "
-                                  f"has {len(self.plan)}: the two sides planned differently.")
+        if int(header[1]) != self.names:
+            raise WeightSyncError(f"the learner sends {int(header[1])} tensors, this rank's "
+                                  f"plan has {self.names}: the two sides planned differently.")
         damaged, index = [], 0
         for src in self.learner_ranks:
-            for bucket in self._pair(src, self.rank):
+            for bucket in self.buckets[src]:
                 nbytes = sum(box_numel(t.box) * self.dtypes[t.name].itemsize for t in bucket)
                 flat = torch.empty(nbytes, dtype=torch.uint8, device=self.device)
                 comm.recv(flat, src)
@@ -143,7 +160,7 @@ class ShardedWeightSync(WeightSync):
                 comm.recv(expected, src)
                 flat = self.on_arrival(flat, index)
                 if torch.equal(checksum(flat), expected):
-                    self._apply_parts(flat, bucket, named, mine)
+                    self._apply_parts(flat, bucket, named, self.my_box)
                 else:
                     damaged.append(f"bucket {index} from rank {src} ({bucket[0].name} .. "
                                    f"{bucket[-1].name})")

@@ -43,10 +43,33 @@ class SyncReport:
 
 
 def checksum(flat: torch.Tensor) -> torch.Tensor:
-    """CRC32 of the raw bytes, as a 1-element int64 tensor on flat's device: catches changed,
-    swapped or zeroed elements, at memory speed (a weighted sum in torch cost 13x more)."""
-    data = flat.detach().contiguous().cpu().view(torch.uint8).numpy()
+    """A 1-element int64 tensor on flat's device that catches changed, swapped or zeroed
+    elements: on the host, CRC32 of the raw bytes (at memory speed; a weighted sum in torch
+    cost 13x more there); on an accelerator, device_checksum, so a bucket never makes a
+    round trip to the host to be checked. Sender and receiver hold their buckets on the same
+    kind of device, so both compute the same kind."""
+    if flat.device.type != "cpu":
+        return device_checksum(flat)
+    data = flat.detach().contiguous().view(torch.uint8).numpy()
     return torch.tensor([zlib.crc32(data)], dtype=torch.int64, device=flat.device)
+
+
+def device_checksum(flat: torch.Tensor, chunk_words: int = 1 << 22) -> torch.Tensor:
+    """sum_i (i + 1) * word_i mod 2**64 over the bytes as 32-bit words (zero-padded), in
+    tensor ops on flat's device: position-weighted, so a swap changes it; integer, so the
+    result does not depend on the reduction order. Chunked to bound the int64 temporaries."""
+    data = flat.detach().contiguous().view(torch.uint8).reshape(-1)
+    pad = (-data.numel()) % 4
+    if pad:
+        data = torch.cat([data, data.new_zeros(pad)])
+    words = data.view(torch.int32)
+    total = torch.zeros((), dtype=torch.int64, device=flat.device)
+    for start in range(0, words.numel(), chunk_words):
+        part = words[start:start + chunk_words].to(torch.int64) & 0xFFFFFFFF
+        weights = torch.arange(start + 1, start + 1 + part.numel(), dtype=torch.int64,
+                               device=flat.device)
+        total += (part * weights).sum()
+    return total.reshape(1)
 
 
 def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[list]:
