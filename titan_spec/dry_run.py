@@ -47,7 +47,44 @@ def learner_plan(cfg, dims) -> dict:
     local = {canonical_name(n): _local_numel(p) for n, p in model.named_parameters()}
     numel = sum(local.values())
     return {"local_numel": local, "params_gib": numel * 4 / GIB, "grads_gib": numel * 4 / GIB,
-            "optimizer_gib": numel * 8 / GIB, "args": model.args}
+            "optimizer_gib": numel * 8 / GIB, "args": model.args, "model": model}
+
+
+def sync_plan(cfg, model, n_kv_heads: int) -> dict:
+    """One policy sync of async RL with async_rl.weight_sync = sharded (parallel/
+    reshard_plan.py: the same plan the job computes): the bytes the busiest learner rank sends
+    and each rollout rank receives, and the time at job.link_gb_per_s per rank; the gathering
+    sync's time beside it (every learner rank all-gathers each fp32 parameter, then the fp32
+    model is broadcast to the rollout ranks: about twice its size through each link).
+    Parameters only (the policy has no persistent buffers)."""
+    from titan_spec.models.init import canonical_name
+    from titan_spec.parallel.reshard_plan import box_numel, boxes_by_rank, plan_transfers
+    from titan_spec.parallel.rollout_layout import rollout_box, rollout_dtypes
+
+    tp = cfg.async_rl.rollout_tp
+    replicas = cfg.async_rl.rollout_ranks // tp
+    dtype, head_dtype = rollout_dtypes(cfg.parallelism)
+    learner_boxes, itemsize, fp32_bytes = {}, {}, 0
+    rollout_boxes = {rank: {} for rank in range(tp)}  # one replica: the others are the same
+    for name, param in model.named_parameters():
+        name = canonical_name(name)
+        for rank, box in boxes_by_rank(param).items():
+            learner_boxes.setdefault(rank, {})[name] = box
+        for rank in range(tp):
+            rollout_boxes[rank][name] = rollout_box(name, param.shape, tp, rank, n_kv_heads)
+        itemsize[name] = (head_dtype if name.startswith("output.") else dtype).itemsize
+        fp32_bytes += param.numel() * 4
+    sent, received = {}, {}
+    for transfer in plan_transfers(learner_boxes, rollout_boxes):
+        nbytes = box_numel(transfer.box) * itemsize[transfer.name]
+        sent[transfer.src] = sent.get(transfer.src, 0) + nbytes * replicas
+        received[transfer.dst] = received.get(transfer.dst, 0) + nbytes
+    link = cfg.job.link_gb_per_s * 1e9
+    busiest = max(max(sent.values()), max(received.values()))
+    return {"sent_per_learner_rank_gib": max(sent.values()) / GIB,
+            "received_per_rollout_rank_gib": max(received.values()) / GIB,
+            "link_gb_per_s": cfg.job.link_gb_per_s, "sharded_s": busiest / link,
+            "gather_s": 2 * fp32_bytes / link}
 
 
 def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
@@ -87,7 +124,7 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
     dims.build_meshes("cpu")
     learner = learner_plan(cfg, dims)
-    args = learner.pop("args")
+    args, model = learner.pop("args"), learner.pop("model")
     device = cfg.job.device_memory_gib
     learner_total = learner["params_gib"] + learner["grads_gib"] + learner["optimizer_gib"]
     rows = [{"role": "learner", "ranks": dims.world_size, "layout":
@@ -104,12 +141,13 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
                      + rollout["draft_hidden_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device
+    sync = sync_plan(cfg, model, args.n_kv_heads) if cfg.async_rl.rollout_ranks else None
     from titan_spec.formats.initial_load import hf_folder
 
     source = hf_folder(cfg) or cfg.model.flavor
     return {"model": f"{cfg.model.name}/{source}", "params": args.num_params(),
             "world_size": world_size, "device_memory_gib": device, "rows": rows,
-            "learner_local_numel": learner["local_numel"]}
+            "weight_sync": sync, "learner_local_numel": learner["local_numel"]}
 
 
 def format_table(plan: dict) -> str:
@@ -128,6 +166,13 @@ def format_table(plan: dict) -> str:
         lines.append("  ".join(f"{v:>9}" for v in values) + f"   {row['layout']}")
     lines.append("per-rank GiB; activations, allocator slack and communication buffers are not "
                  "counted (they come out of the headroom)")
+    sync = plan.get("weight_sync")
+    if sync:
+        lines.append(f"weight sync per policy version (sharded): the busiest learner rank sends "
+                     f"{sync['sent_per_learner_rank_gib']:.1f} GiB, each rollout rank receives "
+                     f"{sync['received_per_rollout_rank_gib']:.1f} GiB: {sync['sharded_s']:.1f} s "
+                     f"at {sync['link_gb_per_s']:.0f} GB/s per rank (gather: "
+                     f"{sync['gather_s']:.1f} s)")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 """The 235B dry run: plans on a fake process group of 256 ranks, on CPU, in seconds; its
-numbers for one layer, and the rollout side's whole weights, KV cache and drafter buffer in
-its dtype, match an independent hand calculation."""
+numbers for one layer, the rollout side's whole weights, KV cache and drafter buffer in its
+dtype, and the sharded weight sync's bytes per rank match an independent hand calculation."""
 
 import json
 import math
@@ -75,6 +75,19 @@ def test_235b_dry_run(tmp_path):
     assert rollout["total_gib"] == pytest.approx((weights + kv) / 2**30
                                                  + rollout["draft_hidden_gib"])
     assert all(row["fits"] for row in plan["rows"])
+    # The sharded weight sync: each rollout rank receives its weights (nothing more), learner
+    # rank 0 sends each of its bf16 elements to each of the 8 replicas, its KV-head rows twice
+    # (tp 8 over 4 KV heads: two ranks of a replica hold each); 50 GB/s per rank.
+    sync = plan["weight_sync"]
+    assert sync["received_per_rollout_rank_gib"] == pytest.approx(rollout["weights_gib"])
+    kv_rows = sum(n for name, n in plan["learner_local_numel"].items()
+                  if name.endswith(("attention.wk.weight", "attention.wv.weight")))
+    rank0_sent = 8 * 2 * (total + kv_rows)
+    assert rank0_sent / 2**30 <= sync["sent_per_learner_rank_gib"] <= 1.05 * rank0_sent / 2**30
+    busiest = max(sync["sent_per_learner_rank_gib"], sync["received_per_rollout_rank_gib"])
+    assert sync["sharded_s"] == pytest.approx(busiest * 2**30 / 50e9)
+    assert sync["gather_s"] == pytest.approx(2 * 4 * plan["params"] / 50e9)
+    assert "weight sync per policy version (sharded)" in proc.stdout
 
 
 def test_dry_run_reports_what_does_not_fit(tmp_path):

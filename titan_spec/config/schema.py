@@ -27,6 +27,9 @@ class Job:
         0, "Ranks of the whole job for a dry run (0: the launcher's NPROC).")
     device_memory_gib: float = opt(
         141.0, "Memory of one accelerator (H200: 141), for the dry run's fits / does-not-fit.")
+    link_gb_per_s: float = opt(
+        50.0, "Network bandwidth of one rank, GB/s, for the dry run's weight-sync time (one "
+        "400 Gb/s InfiniBand link per GPU: 50).")
 
 
 @dataclass
