@@ -91,6 +91,10 @@ class RolloutStats:
                                                        for s in stats),
                 "queue_depth": max(s.get("queue_depth", 0) for s in stats),
                 "weight_updates_in_batch": max(s["weight_updates_in_batch"] for s in stats),
+                # Weights a rollout rank took since its previous batch (its slice, under the
+                # sharded sync), the largest over replica leaders.
+                "rollout_side_weight_bytes_received": max(s.get("weight_bytes_received", 0)
+                                                          for s in stats),
             })
 
     def record(self, drafters, warn: bool) -> dict:

@@ -5,7 +5,7 @@ publish the new weights (and drafter) to the rollout mesh."""
 
 from __future__ import annotations
 
-from titan_spec.comm import all_reduce_dp
+from titan_spec.comm import all_reduce_dp, dp_max
 from titan_spec.components.metrics import StepTimer, memory_record
 from titan_spec.rollout.engine import Completion
 
@@ -90,6 +90,9 @@ class AsyncRL:
             state.policy_version += updates
         synced = self._publish(step)
         timer.add("weight_sync", synced.pop("seconds"))
+        # weight_sync_bytes is this rank's (rank 0's in the record); the busiest learner rank:
+        synced["weight_sync_bytes_max_rank"] = int(dp_max(
+            learner.dims, [synced["weight_sync_bytes"]], learner.device)[0])
         rollout = RolloutStats.from_messages(messages)
         return {"step": step, "phase": "rl", "lr": lr, **trained, **scored, **synced,
                 **rollout.record(self.drafters, self.is_main),

@@ -37,6 +37,7 @@ class RolloutWorker:
         self.is_leader = self.dims.tp_rank() == 0
         # Blocked on (and receiving) weights since the last batch: the rollout side's idle time.
         self.time_waiting_for_weights = 0.0
+        self.weight_bytes_received = 0  # by this rank, since its last batch
         self.batch_updates, self.time_inflight = 0, 0.0
         self.sft_steps, self.total_steps = steps
 
@@ -82,7 +83,8 @@ class RolloutWorker:
             set_phase("rollout", step)
             message = self.generate(step)
             message.stats["time_waiting_for_weights_s"] = self.time_waiting_for_weights
-            self.time_waiting_for_weights = 0.0
+            message.stats["weight_bytes_received"] = self.weight_bytes_received
+            self.time_waiting_for_weights, self.weight_bytes_received = 0.0, 0
             if self.is_leader:
                 self.queue.put(message)
         while self.syncs < self.total_syncs:  # versions sent after this side's last batch
@@ -114,10 +116,13 @@ class RolloutWorker:
         wait_start = time.perf_counter()
         report = self.policy_sync.receive(self.model, self.full_shapes)
         self.version, self.syncs = report.version, self.syncs + 1
+        self.weight_bytes_received += report.bytes
         module = self.drafters.module
         if module is not None:
             shapes = {n: tuple(t.shape) for n, t in synced_tensors(module).items()}
-            self.drafter_version = self.drafter_sync.receive(module, shapes).version
+            drafted = self.drafter_sync.receive(module, shapes)
+            self.drafter_version = drafted.version
+            self.weight_bytes_received += drafted.bytes
         self.time_waiting_for_weights += time.perf_counter() - wait_start
 
     def _sync_arrived(self) -> bool:
