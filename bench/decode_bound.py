@@ -16,13 +16,12 @@ fraction of the read-bandwidth bound."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 from statistics import median
 
 import torch
 
+from bench.rl_step import report
 from titan_spec.models import build_model
 from titan_spec.rollout.engine import RolloutEngine
 from titan_spec.rollout.sampling import SamplingParams
@@ -106,10 +105,7 @@ def main(argv=None) -> dict:
         "plain_decode_each_repeat": speeds,
         "fraction_of_bound": median(speeds) / bound,
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

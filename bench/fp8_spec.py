@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
 
+from bench.rl_step import report
 from titan_spec.drafters import build_drafter
 from titan_spec.models import build_model
 from titan_spec.parallel.fp8 import convert_to_fp8
@@ -168,10 +167,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     result = run(args.flavor, args.prompts, args.tokens, args.k, args.samples, args.seed)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from statistics import median
 import torch
 import torch.multiprocessing as mp
 
+from bench.rl_step import report
+
 LEARNERS, ROLLOUT_TP = 2, 2
 
 
@@ -131,10 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = [row for rank in range(world)
                 for row in json.loads(Path(out, f"rank{rank}.json").read_text())]
     result = summarise(rows, args.flavor, args.dtype)
-    print(json.dumps(result, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return report(result, args.json)
 
 
 if __name__ == "__main__":
