@@ -64,6 +64,19 @@ def new_group(ranks: list[int], plane: str = DATA):
     return group
 
 
+def apply_timeout(groups) -> None:
+    """The job's timeout on groups made outside new_group: DeviceMesh's sub-groups take the
+    backend's default (30 minutes for gloo, 10 for NCCL), not comm.timeout_s. Groups this rank
+    is not in are skipped."""
+    from torch.distributed.distributed_c10d import _rank_not_in_group, _set_pg_timeout
+
+    if _STATE["timeout"] is None:
+        return
+    for group in groups:
+        if group is not None and not _rank_not_in_group(group):
+            _set_pg_timeout(_STATE["timeout"], group)
+
+
 def control_group():
     """The world's control group (None in a one-rank job)."""
     return _STATE["world_control"]

@@ -60,3 +60,20 @@ def test_async_control_messages_stay_off_the_data_plane(tmp_path):
     # The queue as it was first written (messages on the default group, NCCL on CUDA) fails.
     result = run_function(2, _control_pieces, tmp_path, True)
     assert "queue.recv_message" in result["error"] and "data plane" in result["error"]
+
+
+def _mesh_timeouts(rank, world_size):
+    from titan_spec import comm
+    from titan_spec.parallel.parallel_dims import ParallelDims
+
+    comm.configure(torch.device("cpu"), timeout_s=123)
+    dims = ParallelDims(1, 2, 1, 1, world_size)
+    dims.build_meshes("cpu")
+    return sorted({group._get_backend(torch.device("cpu")).options._timeout.total_seconds()
+                   for group in dims._mesh_groups()})
+
+
+def test_device_mesh_groups_take_the_jobs_timeout(tmp_path):
+    """DeviceMesh makes its own sub-groups with the backend's default (gloo: 30 minutes), not
+    comm.timeout_s: a hang inside FSDP2 / TP collectives would outlast the stated bound."""
+    assert run_function(2, _mesh_timeouts, tmp_path) == [123.0]

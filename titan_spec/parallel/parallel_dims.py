@@ -10,6 +10,8 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+from titan_spec import comm
+
 
 def _default_world_size() -> int:
     import torch.distributed as dist
@@ -111,6 +113,16 @@ class ParallelDims:
             self._meshes["dp"] = world["dp_replicate", "dp_shard_mod_ep", "ep"]._flatten("dp")
         else:
             self._build_sub_world_meshes(device_type, shape, names)
+        comm.apply_timeout(self._mesh_groups())
+
+    def _mesh_groups(self) -> list:
+        """Every group of this rank's meshes (one per mesh dim)."""
+        groups = []
+        for mesh in self._meshes.values():
+            if mesh.get_coordinate() is None:  # a root mesh this rank is not part of
+                continue
+            groups += [mesh.get_group(dim) for dim in range(mesh.ndim)]
+        return groups
 
     def _build_sub_world_meshes(self, device_type: str, shape, names) -> None:
         """Meshes over a part of the job (async RL: learner and rollout meshes side by side).
