@@ -26,6 +26,10 @@ def full_box(shape) -> Box:
     return tuple((0, int(n)) for n in shape)
 
 
+def _box(offset, shape) -> Box:
+    return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+
+
 def box_numel(box: Box) -> int:
     numel = 1
     for start, stop in box:
@@ -57,7 +61,7 @@ def local_box(param) -> Box:
 
     shape, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh,
                                                           param.placements)
-    return tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+    return _box(offset, shape)
 
 
 def boxes_by_rank(param) -> dict[int, Box]:
@@ -70,8 +74,7 @@ def boxes_by_rank(param) -> dict[int, Box]:
     for coordinate in itertools.product(*(range(n) for n in mesh.shape)):
         shape, offset = _compute_local_shape_and_global_offset(
             param.shape, mesh.shape, list(coordinate), param.placements)
-        rank = int(mesh.mesh[coordinate])
-        boxes[rank] = tuple((int(o), int(o) + int(n)) for o, n in zip(offset, shape, strict=True))
+        boxes[int(mesh.mesh[coordinate])] = _box(offset, shape)
     return boxes
 
 

@@ -8,7 +8,7 @@ it has parts for, buckets of those parts already cast to the rollout dtype (bf16
 for a bf16 rollout model), each followed by its checksum, point to point on the data plane.
 No rank allocates a full parameter, and a rollout rank's bytes are its slice's bytes.
 
-The header (version, transfer count) still comes from the learner's first rank on the control
+The header (version, tensor count) still comes from the learner's first rank on the control
 plane, so a rollout rank polls for a sync exactly as with the broadcast sync (weight_sync.py),
 whose staging bound, fault hook and errors this one shares."""
 
@@ -23,7 +23,7 @@ from titan_spec import comm
 
 from .reshard_plan import Box, Transfer, box_numel, local_box, piece, plan_transfers, relative
 from .rollout_layout import rollout_box
-from .weight_sync import SyncReport, WeightSync, WeightSyncError, checksum, synced_tensors
+from .weight_sync import SyncReport, WeightSync, WeightSyncError, checksum, runs, synced_tensors
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -31,17 +31,8 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _buckets(transfers: list[Transfer], dtypes: dict, bucket_bytes: int) -> list[list[Transfer]]:
-    """Consecutive transfers of one (learner, rollout) pair in runs of at most bucket_bytes
-    (a larger part gets a bucket of its own): the grouping both sides compute."""
-    buckets, size = [], 0
-    for transfer in transfers:
-        nbytes = box_numel(transfer.box) * dtypes[transfer.name].itemsize
-        if not buckets or size + nbytes > bucket_bytes:
-            buckets.append([])
-            size = 0
-        buckets[-1].append(transfer)
-        size += nbytes
-    return buckets
+    """Consecutive transfers of one (learner, rollout) pair in runs of at most bucket_bytes."""
+    return runs(transfers, lambda t: box_numel(t.box) * dtypes[t.name].itemsize, bucket_bytes)
 
 
 def _boxes_or_error(tensors: dict) -> dict:
@@ -53,6 +44,8 @@ def _boxes_or_error(tensors: dict) -> dict:
 
 class ShardedWeightSync(WeightSync):
     """learner_ranks send; rollout_ranks (replicas of rollout_tp consecutive ranks) receive."""
+
+    broadcasts = False
 
     def __init__(self, learner_ranks: list[int], rollout_ranks: list[int], **kw):
         super().__init__(learner_ranks[0], rollout_ranks, **kw)

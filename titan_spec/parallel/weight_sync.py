@@ -72,18 +72,24 @@ def device_checksum(flat: torch.Tensor, chunk_words: int = 1 << 22) -> torch.Ten
     return total.reshape(1)
 
 
-def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[list]:
-    """Consecutive (name, full shape) runs of at most bucket_bytes in fp32 (a larger parameter
-    gets a bucket of its own): the one grouping both sides compute."""
+def runs(items: list, nbytes_of, bucket_bytes: int) -> list[list]:
+    """Consecutive runs of `items` of at most bucket_bytes (an item larger than that gets a
+    bucket of its own): the one grouping both sides of a sync compute."""
     groups, size = [], 0
-    for name, shape in shapes:
-        numel = torch.Size(shape).numel()
-        if not groups or (size + numel) * 4 > bucket_bytes:
+    for item in items:
+        nbytes = nbytes_of(item)
+        if not groups or size + nbytes > bucket_bytes:
             groups.append([])
             size = 0
-        groups[-1].append((name, tuple(shape)))
-        size += numel
+        groups[-1].append(item)
+        size += nbytes
     return groups
+
+
+def bucket_groups(shapes: list[tuple[str, tuple]], bucket_bytes: int) -> list[list]:
+    """(name, full shape) runs of at most bucket_bytes in fp32."""
+    return runs([(name, tuple(shape)) for name, shape in shapes],
+                lambda item: torch.Size(item[1]).numel() * 4, bucket_bytes)
 
 
 def synced_tensors(model: nn.Module) -> dict:
@@ -108,6 +114,8 @@ DEFAULT_STAGING_BYTES = 2 << 30
 class WeightSync:
     """One sync group: the learner's first rank (source) and every rollout rank."""
 
+    broadcasts = True  # buckets go out as broadcasts (the sharded sync sends point to point)
+
     def __init__(self, source_rank: int, rollout_ranks: list[int], bucket_bytes: int = 64 << 20,
                  rollout_tp: int = 1, rollout_tp_rank: int = 0, n_kv_heads: int = 1,
                  staging_bytes: int | None = DEFAULT_STAGING_BYTES,
@@ -131,13 +139,14 @@ class WeightSync:
         # Buckets travel on the data plane; the header on the control plane, so that a rollout
         # rank polls a host receive between batches, not a posted NCCL kernel.
         parts = fanout or [self.rollout_ranks]
-        self.groups = [comm.new_group([source_rank] + part) for part in parts]
+        self.groups = [comm.new_group([source_rank] + part) for part in parts] \
+            if self.broadcasts else []
         self.header_groups = [comm.new_group([source_rank] + part, comm.CONTROL)
                               for part in parts]
         self.rank = dist.get_rank()
         mine = [i for i, part in enumerate(parts) if self.rank in part]
         # a rollout rank's broadcasts
-        self.group = self.groups[mine[0]] if mine else None
+        self.group = self.groups[mine[0]] if mine and self.groups else None
         self.header_group = self.header_groups[mine[0]] if mine else None
 
     def prepare(self, model: nn.Module) -> None:
