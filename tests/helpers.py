@@ -127,6 +127,18 @@ def read_metrics(folder) -> list[dict]:
     return [json.loads(line) for line in Path(folder, "metrics.jsonl").read_text().splitlines()]
 
 
+def read_metrics_so_far(folder) -> list[dict]:
+    """metrics.jsonl of a run still writing it: the complete lines (none if not there yet)."""
+    path = Path(folder, "metrics.jsonl")
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return rows
+
+
 def _function_worker(rank, world_size, port, fn, args, out_file):
     _env(rank, world_size, port)
     import torch.distributed as dist

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import compare_records, launcher_env, read_metrics, stable_metrics
+from tests.helpers import (
+    compare_records,
+    launcher_env,
+    read_metrics,
+    read_metrics_so_far,
+    stable_metrics,
+)
 from titan_spec.components.checkpoint import verify
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -43,22 +49,11 @@ def _wait_for_rl_step(folder: Path, proc: subprocess.Popen, step: int) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, _finish(proc)[1][-3000:]
-        path = folder / "metrics.jsonl"
-        if path.exists() and any(r.get("phase") == "rl" and r["step"] >= step
-                                 for r in _rows(path)):
+        if any(r.get("phase") == "rl" and r["step"] >= step
+               for r in read_metrics_so_far(folder)):
             return
         time.sleep(0.2)
     raise AssertionError(f"no rl step {step} within 240 s")
-
-
-def _rows(path: Path) -> list[dict]:
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:  # a line being written
-            pass
-    return rows
 
 
 def _summary(output: str) -> list[str]:

@@ -4,7 +4,6 @@ tools/slurm/train.sbatch on a real local Slurm cluster of two emulated nodes (te
 with `scancel --signal=USR1` saves, requeues itself and finishes as the uninterrupted run does.
 Without root or the Slurm packages the Slurm tests skip with the reason; never a fake scheduler."""
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -13,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import compare_records, free_port, launcher_env, read_metrics, stable_metrics
+from tests.helpers import (
+    compare_records,
+    free_port,
+    launcher_env,
+    read_metrics,
+    read_metrics_so_far,
+    stable_metrics,
+)
 from tests.slurm_local import LocalSlurm, unavailable_reason
 from titan_spec.components.checkpoint import verify
 
@@ -111,16 +117,7 @@ def test_slurm_two_nodes_equal_one_node(slurm, one_node, tmp_path):
 
 
 def _rl_steps(folder: Path) -> list[int]:
-    path = folder / "metrics.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line being written
-            continue
-        if record.get("phase") == "rl":
-            steps.append(record["step"])
-    return steps
+    return [r["step"] for r in read_metrics_so_far(folder) if r.get("phase") == "rl"]
 
 
 def test_slurm_preemption_saves_requeues_and_resumes(slurm, one_node, tmp_path):
