@@ -1,0 +1,1 @@
+"""The step-time simulator (`python -m tools.simulate --help`)."""
