@@ -11,6 +11,7 @@ sequences in turn, the context is the length-biased mean position (E[len^2] / 2 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -30,7 +31,6 @@ def response_lengths(count: int, mean: float, sigma: float, maximum: int) -> np.
     """`count` response lengths at the quantiles of a log-normal of this mean and shape sigma,
     cut at `maximum` (max_new_tokens): the long tail of reasoning rollouts, deterministic."""
     quantiles = (np.arange(count) + 0.5) / count
-    from statistics import NormalDist
     normal = np.array([NormalDist().inv_cdf(q) for q in quantiles])
     mu = np.log(mean) - sigma * sigma / 2.0
     return np.clip(np.exp(mu + sigma * normal), 1.0, float(maximum))

@@ -7,10 +7,8 @@ errors); the `cpu` profile is measured on this machine (`measure_cpu`)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -108,16 +106,10 @@ def _best_s(work, budget_s: float) -> float:
     return best
 
 
-def profile(name: str, cache: Path | None = None) -> Hardware:
-    """A named profile; `cpu` is measured (and kept in `cache` when given)."""
+def profile(name: str) -> Hardware:
+    """A named profile; `cpu` is measured now."""
     if name in PROFILES:
         return PROFILES[name]
     if name != "cpu":
         raise ValueError(f"unknown hardware '{name}'; known: {', '.join([*PROFILES, 'cpu'])}.")
-    if cache and cache.is_file():
-        return Hardware(**json.loads(cache.read_text()))
-    measured = measure_cpu()
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(measured.as_dict(), indent=1))
-    return measured
+    return measure_cpu()

@@ -101,12 +101,14 @@ def _bench(name: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _ours(config: dict, plain: dict, steps: int, accept: float) -> Workload:
+def _ours(config: dict, plain: dict, steps: int, accept: float, response: float) -> Workload:
     """The 25M benchmark job: 2 CPU ranks, fp32, one decode slot per generating rank, the
-    2-layer width-128 draft model; calibrated by the plain arm's measured stages."""
+    2-layer width-128 draft model, responses of the run's mean length, prompts of about 8
+    tokens (a 1-3 digit sum: not in the results); calibrated by the plain arm's measured
+    stages."""
     return Workload(model=FLAVORS[config["policy"]], model_name=config["policy"], gpus=2,
                     dtype_bytes=4.0, rollout_tp=1, prompts_per_step=config["prompts_per_step"],
-                    group_size=config["group_size"], prompt_len=8.0, response_mean=25.0,
+                    group_size=config["group_size"], prompt_len=8.0, response_mean=response,
                     response_sigma=0.3, response_max=64,
                     max_batch_size=config.get("decode_slots_per_rank",
                                               config.get("decode_slots_per_generating_rank", 1)),
@@ -120,8 +122,9 @@ def _ours(config: dict, plain: dict, steps: int, accept: float) -> Workload:
 
 def ours_rows(hw: Hardware) -> list[dict]:
     rl = _bench("rl_step_cpu.json")
+    response = sum(rl["response_len_curves"]["plain"]) / len(rl["response_len_curves"]["plain"])
     work = _ours(rl["config"], rl["breakdown_s"]["plain"], rl["config"]["timed_steps"],
-                 rl["acceptance_length"])
+                 rl["acceptance_length"], response)
     result = simulate(work, hw)
     rows = [_row("bench.rl_step: rollout speed-up", rl["rollout_speedup"],
                  result["generation_speedup"], 0.15),
@@ -130,11 +133,14 @@ def ours_rows(hw: Hardware) -> list[dict]:
     asy = _bench("async_rl_cpu.json")
     steps, run = asy["config"]["steady_state_steps"], asy["runs"][0]
     accept = run["async_speculative"]["acceptance_length"]
-    sync = simulate(_ours(asy["config"], run["sync_plain"]["breakdown_s"], steps, accept), hw)
+    response = run["sync_plain"]["generated_tokens"] / (
+        asy["config"]["steps"] * asy["config"]["prompts_per_step"] * asy["config"]["group_size"])
+    sync = simulate(_ours(asy["config"], run["sync_plain"]["breakdown_s"], steps, accept,
+                          response), hw)
     # The async arms are calibrated by the async plain run (its own layout: one rollout rank,
     # one learner rank, whose learner on this CPU is not twice the 2-rank one).
     async_plain = dict(run["async_plain"]["breakdown_s"])
-    work = replace(_ours(asy["config"], async_plain, steps, accept), mode="async",
+    work = replace(_ours(asy["config"], async_plain, steps, accept, response), mode="async",
                    rollout_gpus=1, policy_lag=asy["config"]["max_policy_lag"])
     asynchronous = simulate(work, hw)
     sync_plain_step = run["sync_plain"]["breakdown_s"]["step_time_s"] / steps

@@ -149,8 +149,6 @@ def from_config(cfg, gpus: int) -> Workload:
         draft_args = get_model_spec(cfg.model.name).args(drafter.draft_model.flavor)
         draft_layers = drafter.draft_model.layers or draft_args.n_layers
         draft_dim = draft_args.dim
-    elif drafter.kind == "mtp":
-        draft_layers = 1
     return Workload(
         model=args, model_name=cfg.model.flavor, gpus=gpus,
         dtype_bytes=DTYPE_BYTES[cfg.parallelism.param_dtype],
