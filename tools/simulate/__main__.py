@@ -25,9 +25,11 @@ Assumptions:
   activation checkpointing adds a forward.
 - GPU profiles: vendors' peak figures; decode FLOP efficiency and overheads fitted to the
   paper's measured 8B k sweep (--validate shows the fit); bandwidth efficiency and MFUs stated.
-  The cpu profile is measured here first (about 6 s).
+  The cpu profile is measured here first (about 9 s).
 - measured_generation_s / measured_logprob_s / measured_train_s / measured_step_s of a plain
-  run scale the simulated generation and learner and add the rest of the step unchanged."""
+  run calibrate: generation time above the roofline's is charged per layer of every forward
+  (host time), below it scales generation; the learner is scaled; the rest of the step is
+  added unchanged."""
 
 from __future__ import annotations
 

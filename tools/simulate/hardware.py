@@ -61,14 +61,13 @@ PROFILES = {
 
 def measure_cpu(seconds_each: float = 0.5) -> Hardware:
     """The `cpu` profile, measured here with one thread (as each CPU rank runs): a STREAM-like
-    read of 256 MiB for the bandwidth; a 1024^3 fp32 matrix product for the FLOP/s; a
-    one-row product with a 64 MiB matrix (what a batch-1 decode step does to each weight) for
-    the fraction of that bandwidth decoding reaches; and a one-token forward of the 4-layer
-    debug Qwen3 (whose bytes and FLOPs are negligible) for the per-layer host overhead."""
+    read of 256 MiB for the bandwidth; a 1024^3 fp32 matrix product for the FLOP/s; one- and
+    five-token forwards of a 25M-parameter Qwen3 (`decode_forwards`) for the fraction of that
+    bandwidth a decode step reads at and the FLOP efficiency of verification's small-row
+    products; and titan-spec's own rollout engine on
+    width-128 models, whose bytes and FLOPs are negligible, for the fixed costs (per layer,
+    per iteration, per draft step)."""
     import torch
-
-    from titan_spec.models import build_model_from_args
-    from titan_spec.models.qwen3.args import FLAVORS
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -77,20 +76,78 @@ def measure_cpu(seconds_each: float = 0.5) -> Hardware:
         stream = 4.0 * big.numel() / _best_s(lambda: big.sum(), seconds_each)
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         flops = 2.0 * 1024 ** 3 / _best_s(lambda: a @ b, seconds_each)
-        weight, row = torch.randn(4096, 4096), torch.randn(1, 4096)
-        gemv = 4.0 * weight.numel() / _best_s(lambda: row @ weight, seconds_each)
-        args = FLAVORS["debug"]
-        model = build_model_from_args("qwen3", args).eval()
-        tokens = torch.zeros(1, 1, dtype=torch.long)
-        with torch.no_grad():
-            layer_s = _best_s(lambda: model(tokens), seconds_each) / args.n_layers
+        fixed = engine_overheads()
+        decode = decode_forwards(seconds_each)
     finally:
         torch.set_num_threads(threads)
+    layers = decode["layers"] * fixed["layer_overhead_s"]
+    memory_s = max(1e-9, decode["one_token_s"] - layers)
+    compute_s = max(memory_s, decode["verify_s"] - layers)
     return Hardware("cpu", flops=flops, hbm_gb_s=stream / 1e9, memory_gib=16.0,
                     nvlink_gb_s=stream / 1e9 / 4, net_gb_s=stream / 1e9 / 4, gpus_per_node=2,
-                    decode_flop_eff=1.0, bw_eff=gemv / stream, train_mfu=0.5,
-                    train_mfu_moe=0.25, prefill_mfu=0.5, layer_overhead_s=layer_s,
-                    collective_latency_s=1.5e-3)
+                    decode_flop_eff=min(1.0, decode["verify_flops"] / compute_s / flops),
+                    bw_eff=min(1.0, decode["bytes"] / memory_s / stream), train_mfu=0.5,
+                    train_mfu_moe=0.25, prefill_mfu=0.5, collective_latency_s=1.5e-3, **fixed)
+
+
+def decode_forwards(seconds_each: float) -> dict:
+    """A 25M-parameter Qwen3 (bench_25M, fp32: weights far beyond the caches) forwarding one
+    token and five (the k + 1 rows of verification at k = 4): what a decode step reads at
+    one row, and how fast the small-row products compute at five."""
+    import torch
+
+    from titan_spec.models import build_model_from_args
+    from titan_spec.models.qwen3.args import FLAVORS
+
+    args = FLAVORS["bench_25M"]
+    model = build_model_from_args("qwen3", args, device="cpu").eval()
+    one, five = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 5, dtype=torch.long)
+    with torch.no_grad():
+        one_s = _best_s(lambda: model(one), seconds_each * 2)
+        five_s = _best_s(lambda: model(five), seconds_each * 2)
+    params = args.num_params(include_embedding=False) + args.vocab_size * args.dim
+    return {"layers": args.n_layers, "bytes": 4.0 * params, "one_token_s": one_s,
+            "verify_s": five_s, "verify_flops": 2.0 * params * 5}
+
+
+def engine_overheads(tokens: int = 96, repeats: int = 5) -> dict:
+    """Seconds per decode iteration of the real engine at batch 1 with a 2- and a 6-layer
+    width-128 target (the difference: per layer; the rest: per iteration), then with a
+    1-layer draft model at k = 4 (what is left after the target and the draft layers: per
+    draft step). The best of `repeats` runs each."""
+    from titan_spec.models.qwen3.args import FLAVORS
+
+    def per_iteration(layers: int, draft_layers: int = 0) -> float:
+        from titan_spec.drafters.draft_model import DraftModelDrafter
+        from titan_spec.models import build_model_from_args
+        from titan_spec.rollout.engine import RolloutEngine
+        from titan_spec.rollout.sampling import SamplingParams
+
+        target = build_model_from_args("qwen3", FLAVORS["debug"].with_overrides(
+            n_layers=layers), device="cpu").eval()
+        drafter = None
+        if draft_layers:
+            draft_args = FLAVORS["debug"].with_overrides(n_layers=draft_layers)
+            drafter = DraftModelDrafter(
+                build_model_from_args("qwen3", draft_args, device="cpu", seed=1).eval())
+        engine = RolloutEngine(target, drafter, num_draft_tokens=4, max_batch_size=1,
+                               max_seq_len=tokens + 16)
+        params = SamplingParams(temperature=1.0, max_new_tokens=tokens, seed=0)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            engine.generate([[1, 2, 3, 4, 5, 6, 7, 8]], params)
+            elapsed = time.perf_counter() - start
+            best = min(best, elapsed / max(1, engine.last_stats["iterations"]))
+        return best
+
+    shallow, deep = per_iteration(2), per_iteration(6)
+    layer = max(0.0, (deep - shallow) / 4)
+    iteration = max(0.0, shallow - 2 * layer)
+    speculative = per_iteration(2, draft_layers=1)
+    draft_step = max(0.0, (speculative - shallow) / 4 - layer)
+    return {"layer_overhead_s": layer, "iter_overhead_s": iteration,
+            "draft_step_overhead_s": draft_step}
 
 
 def _best_s(work, budget_s: float) -> float:

@@ -144,19 +144,30 @@ def step_time(stages: dict, work: Workload) -> float:
 
 
 def measured_scales(work: Workload, hw: Hardware) -> dict:
-    """Calibration from a measured plain run of `work` (its measured_* fields): the factor
-    that makes the simulated plain generation equal the measured one, the same for the
-    learner's logprob + train, and the rest of the measured step (data, scoring, gathers:
-    whatever the stages do not hold). A scale is 1 and the rest 0 where nothing is given."""
-    plain = one_step(work.plain(), hw, False)["stages"]
-    scales = {"generation_scale": 1.0, "learner_scale": 1.0, "other_s": 0.0}
+    """Calibration from a measured plain run of `work` (its measured_* fields). Generation:
+    a measured time above the simulated one is host and framework time the roofline does not
+    see, charged to every layer of every forward alike (target and drafter, plain or
+    speculative: `layer_overhead_s`, as an eager stack spends it per operator); one below it
+    scales generation down. The learner: the factor that makes logprob + train
+    equal the measured ones. The rest of the measured step (data, scoring, gathers): added
+    unchanged. Nothing given: no change."""
+    first = one_step(work.plain(), hw, False)
+    plain = first["stages"]
+    scales = {"layer_overhead_s": 0.0, "generation_scale": 1.0, "learner_scale": 1.0,
+              "other_s": 0.0}
     if work.measured_generation_s:
-        scales["generation_scale"] = work.measured_generation_s / plain["generation_s"]
+        gap = work.measured_generation_s - plain["generation_s"]
+        if gap > 0:
+            layer_forwards = max(1, first["rollout"]["iterations"]) * work.model.n_layers
+            scales["layer_overhead_s"] = gap / layer_forwards
+        else:
+            scales["generation_scale"] = work.measured_generation_s / plain["generation_s"]
+        plain["generation_s"] = work.measured_generation_s
     measured_learner = work.measured_logprob_s + work.measured_train_s
     if measured_learner:
         scales["learner_scale"] = measured_learner / (plain["logprob_s"] + plain["train_s"])
     if work.measured_step_s:
-        apply_scales(plain, scales)
+        apply_scales(plain, {**scales, "generation_scale": 1.0})
         rest = work.measured_step_s - step_time(plain, work)
         if rest < 0 and not measured_learner:  # the learner is faster than the profile says
             learner = plain["logprob_s"] + plain["train_s"]
@@ -202,12 +213,13 @@ def simulate(work: Workload, hw: Hardware, scales: dict | None = None) -> dict:
     published 235B projection's baseline: speculation and asynchrony combined). `scales`
     (from `measured_scales` of another layout) calibrate it; by default its own measured_*
     fields do."""
-    speculative = work.speculative()
+    speculative, base_hw = work.speculative(), hw
     if work.mode == "async" and not work.rollout_gpus:
         work = replace(work, rollout_gpus=best_split(work, hw, speculative))
     plain_work = spec_work = work
-    plain, spec = one_step(work, hw, False), one_step(work, hw, speculative)
     applied = measured_scales(work, hw) if scales is None else scales
+    hw = hw.with_values(layer_overhead_s=hw.layer_overhead_s + applied["layer_overhead_s"])
+    plain, spec = one_step(work, hw, False), one_step(work, hw, speculative)
     apply_scales(plain["stages"], applied)
     apply_scales(spec["stages"], applied)
     plain["step_s"] = step_time(plain["stages"], plain_work)
@@ -216,7 +228,7 @@ def simulate(work: Workload, hw: Hardware, scales: dict | None = None) -> dict:
     spec["rollout"]["rollout_gpus"] = spec_work.rollout_gpus
     extra = {}
     if work.mode == "async":
-        sync_plain = simulate(replace(work, mode="sync", rollout_gpus=0).plain(), hw,
+        sync_plain = simulate(replace(work, mode="sync", rollout_gpus=0).plain(), base_hw,
                               applied)["plain"]
         extra = {"sync_plain_step_s": sync_plain["step_s"],
                  "speedup_vs_sync_plain": sync_plain["step_s"] / spec["step_s"]}
