@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from titan_spec.data.sft import SFTDataSource
+from titan_spec.rollout.sampling import by_row_chunks
 
 
 def fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
@@ -37,9 +38,16 @@ def fit(module, steps: int, lr: float, loss_at, log, label: str) -> list:
 def soft_cross_entropy(target_probs, draft_logits, mask, vocab: int, normaliser=None):
     """Mean (or sum / normaliser) over masked positions of -sum target * log draft: forward KL
     to the target up to the target's entropy. target_probs [B, T, V] carry no gradient."""
-    draft_log_probs = F.log_softmax(draft_logits[..., :vocab].float(), dim=-1)
-    per_position = -(target_probs * draft_log_probs).sum(-1)
+    width = target_probs.shape[-1]
+    per_position = by_row_chunks(_position_cross_entropy, (
+        target_probs.reshape(-1, width), draft_logits.reshape(-1, draft_logits.shape[-1])),
+        vocab, width=width).view(target_probs.shape[:-1])
     return (per_position * mask).sum() / (mask.sum() if normaliser is None else normaliser)
+
+
+def _position_cross_entropy(target_probs, draft_logits, vocab: int):
+    draft_log_probs = F.log_softmax(draft_logits[..., :vocab].float(), dim=-1)
+    return -(target_probs * draft_log_probs).sum(-1)
 
 
 def draft_model_loss(draft, inputs, mask, target_probs, vocab: int, normaliser=None):

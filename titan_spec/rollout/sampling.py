@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from titan_spec.kernels.vocab_shard import UNIT, VocabShard, to_units
 
@@ -95,14 +96,50 @@ def top_p_threshold(weights, units, top_p: float, shard: VocabShard) -> torch.Te
     return low.view(torch.float32)
 
 
+# fp32 values of one chunk of [positions, vocab] rows in token_logprobs (128 MiB): at vocab
+# 151936 a 16k-token sequence's whole fp32 logprobs would be ~10 GB, several times over.
+LOGPROB_CHUNK_ELEMENTS = 2 ** 25
+
+
 def token_logprobs(logits: torch.Tensor, token_ids: torch.Tensor, sampling: SamplingParams,
-                   vocab_size: int | None = None) -> torch.Tensor:
+                   vocab_size: int | None = None,
+                   chunk_elements: int = LOGPROB_CHUNK_ELEMENTS) -> torch.Tensor:
     """Differentiable log-probabilities of token_ids [...] under the SAME processed
     distribution process_logits samples from (temperature, then the top-k / top-p support,
     renormalised): the learner's side of the behaviour logprobs. logits [..., V] -> [...].
-    Needs temperature > 0 (a greedy policy has no useful gradient)."""
+    Needs temperature > 0 (a greedy policy has no useful gradient).
+
+    Rows are processed in chunks of at most chunk_elements fp32 values, each recomputed in
+    backward (activation checkpointing) when it needs a gradient, so the whole [..., V] fp32
+    tensor and its softmax never exist; every row's result is the unchunked one, bit for bit
+    (each row is computed on its own)."""
     if sampling.greedy:
         raise ValueError("token logprobs need temperature > 0: a greedy policy is one-hot.")
+    rows = logits.reshape(-1, logits.shape[-1])
+    picked = by_row_chunks(_row_logprobs, (rows, token_ids.reshape(-1)), sampling, vocab_size,
+                           width=rows.shape[-1], chunk_elements=chunk_elements)
+    return picked.view(token_ids.shape)
+
+
+def by_row_chunks(fn, row_tensors, *args, width: int,
+                  chunk_elements: int = LOGPROB_CHUNK_ELEMENTS) -> torch.Tensor:
+    """fn(*rows, *args) over chunks of the rows (first dimension) of row_tensors, each of at
+    most chunk_elements / width rows, concatenated. A chunk that needs a gradient is
+    recomputed in backward instead of keeping its intermediates."""
+    count = row_tensors[0].shape[0]
+    per_chunk = max(1, chunk_elements // width)
+    if count <= per_chunk:
+        return fn(*row_tensors, *args)
+    recompute = torch.is_grad_enabled() and any(t.requires_grad for t in row_tensors)
+    pieces = []
+    for start in range(0, count, per_chunk):
+        chunk = [t[start:start + per_chunk] for t in row_tensors]
+        pieces.append(checkpoint(fn, *chunk, *args, use_reentrant=False) if recompute
+                      else fn(*chunk, *args))
+    return torch.cat(pieces)
+
+
+def _row_logprobs(logits, token_ids, sampling: SamplingParams, vocab_size: int | None):
     logits = logits.float()
     if vocab_size is not None:
         logits = logits[..., :vocab_size]
