@@ -21,8 +21,7 @@ from tools.simulate.hardware import Hardware
 
 @dataclass(frozen=True)
 class Drafter:
-    kind: str  # none, draft_model, eagle, eagle3, mtp, ngram
-    k: int
+    k: int  # draft tokens per iteration (0: plain decoding)
     acceptance_length: float  # mean tokens a sequence gains per iteration (bonus included)
     shape: Shape | None  # what one draft step reads and computes (None: nothing on device)
 
@@ -61,8 +60,7 @@ def decode_s(lengths: np.ndarray, *, slots: int, prompt_len: float, drafter: Dra
     else:
         position = prompt_len + float(np.mean(lengths ** 2) / (2 * np.mean(lengths)))
     kv_tokens = active * position
-    # Iterations with the same active count and similar context cost alike: evaluate the
-    # roofline per iteration, vectorised by hand (numpy over j).
+    # One roofline per iteration, as numpy arrays over j.
     seconds = _iteration_seconds(active, kv_tokens, width, drafter, target, hw, tp, dtype_bytes)
     total = float(seconds.sum())
     mean_batch = float((active * seconds).sum() / total) if total else 0.0

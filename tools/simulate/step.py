@@ -77,7 +77,7 @@ def generation_s(work: Workload, hw: Hardware) -> dict:
     layout = rollout_layout(work, hw)
     target = target_shape(work.model, work.dtype_bytes)
     draft_shape = drafter_shape(work) if work.speculative() else None
-    drafter = Drafter(work.drafter, work.k if work.speculative() else 0,
+    drafter = Drafter(work.k if work.speculative() else 0,
                       work.accept_length if work.speculative() else 1.0, draft_shape)
     lengths, slots, tp = layout.pop("lengths"), layout["slots"], work.rollout_tp
     decode = decode_s(lengths, slots=slots, prompt_len=work.prompt_len, drafter=drafter,
