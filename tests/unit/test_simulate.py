@@ -92,6 +92,13 @@ def test_cli_projects_the_235b_config(tmp_path, capsys):
     (["--set", "mode=pipeline"], "expected sync or async"),
     (["--set", "rollout_tp=3"], "do not split into replicas"),
     (["--set", "k"], "expected KEY=VALUE"),
+    (["--set", "rollout_tp=0"], "rollout_tp = 0 must be at least 1"),
+    (["--set", "hbm_gb_s=0"], "hbm_gb_s = 0.0 must be positive"),
+    (["--set", "acceptance_length=0.5"], "at least 1"),
+    (["--set", "acceptance=1.5"], "must be in [0, 1]"),
+    (["--set", "response_mean=nan"], "out of range"),
+    (["--set", "rollout_gpus=0", "--set", "measured_generation_s=40"], "describe one layout"),
+    (["--set", "rollout_gpus=8", "--set", "measured_step_s=1"], "less than the stages"),
 ])
 def test_cli_names_bad_settings(args, message, capsys):
     assert main(["--config", "235b_moe_async.toml", *args]) == 2

@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except ArithmeticError as err:  # a combination of settings the ranges do not catch
+        print(f"error: the settings give no finite step time ({err}); check the --set values.",
+              file=sys.stderr)
+        return 2
 
 
 def run(args) -> int:
@@ -156,16 +160,11 @@ def run(args) -> int:
     work = with_sets(from_config(cfg, gpus), work_sets)
     result = simulate(work, hw)
     print(format_result(result, work))
-    _write_json(args.json, {**result, "workload": _plain(work), "hardware_profile": hw.as_dict()})
+    _write_json(args.json, {**result, "workload": dataclasses.asdict(work),
+                            "hardware_profile": hw.as_dict()})
     if args.plot:
         plot(result, args.plot)
     return 0
-
-
-def _plain(work) -> dict:
-    out = dataclasses.asdict(work)
-    out["model"] = dataclasses.asdict(work.model)
-    return out
 
 
 def _write_json(path: str | None, data: dict) -> None:

@@ -30,12 +30,15 @@ class Shape:
 
 
 def target_shape(args, dtype_bytes: float) -> Shape:
+    """The input embedding is a lookup (a few rows read, no FLOPs): only the LM head counts,
+    which is the same table when the embeddings are tied."""
     expert = 3 * args.dim * args.moe_hidden_dim if args.num_experts else 0.0
-    total = args.num_params()
+    lookup_only = 0 if args.tie_embeddings else args.vocab_size * args.dim
+    total = args.num_params() - lookup_only
     dense = total - args.n_layers * args.num_experts * expert
     return Shape(n_layers=args.n_layers, dense_params=dense, expert_params=expert,
                  num_experts=args.num_experts, top_k=args.top_k,
-                 active_params=args.num_active_params(),
+                 active_params=args.num_active_params() - lookup_only,
                  attn_flops_per_ctx=4.0 * args.n_layers * args.n_heads * args.head_dim,
                  kv_bytes_per_token=2.0 * args.n_layers * args.n_kv_heads * args.head_dim
                  * dtype_bytes, kv_split_max=args.n_kv_heads, dim=args.dim,

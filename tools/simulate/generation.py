@@ -35,6 +35,12 @@ def response_lengths(count: int, mean: float, sigma: float, maximum: int) -> np.
     return np.clip(np.exp(mu + sigma * normal), 1.0, float(maximum))
 
 
+def in_flight_position(lengths: np.ndarray, prompt_len: float) -> float:
+    """Mean context of a sequence in flight when slots take sequences in turn: the prompt and
+    the length-biased mean position E[len^2] / (2 E[len])."""
+    return prompt_len + float(np.mean(lengths ** 2) / (2 * np.mean(lengths)))
+
+
 def _lanes(lengths: np.ndarray, slots: int) -> list[np.ndarray]:
     """Deal the sequences onto the slots in a fixed shuffled order (a sorted deal would put all
     long ones on one slot)."""
@@ -58,7 +64,7 @@ def decode_s(lengths: np.ndarray, *, slots: int, prompt_len: float, drafter: Dra
     if one_each:
         position = prompt_len + j * gain
     else:
-        position = prompt_len + float(np.mean(lengths ** 2) / (2 * np.mean(lengths)))
+        position = in_flight_position(lengths, prompt_len)
     kv_tokens = active * position
     # One roofline per iteration, as numpy arrays over j.
     seconds = _iteration_seconds(active, kv_tokens, width, drafter, target, hw, tp, dtype_bytes)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from tools.simulate.costs import Shape, learner_pass_s, target_shape
-from tools.simulate.generation import Drafter, decode_s, response_lengths
+from tools.simulate.generation import Drafter, decode_s, in_flight_position, response_lengths
 from tools.simulate.hardware import Hardware
 from tools.simulate.workload import Workload
 
@@ -30,7 +30,9 @@ def drafter_shape(work: Workload) -> Shape | None:
     attention = dim * args.head_dim * (2 * args.n_heads + 2 * args.n_kv_heads) * scale
     mlp = 3 * dim * args.hidden_dim * scale
     layers = max(1, work.draft_layers)
-    vocab = work.draft_vocab or args.vocab_size
+    vocab = args.vocab_size
+    if work.drafter == "eagle3" and work.draft_vocab:
+        vocab = work.draft_vocab
     fuse = {"eagle3": 3, "eagle": 2, "mtp": 2}.get(work.drafter, 0) * dim * dim
     params = layers * (attention + mlp) + fuse + dim * vocab
     kv_heads_dim = args.n_kv_heads * args.head_dim * scale
@@ -59,7 +61,7 @@ def rollout_layout(work: Workload, hw: Hardware) -> dict:
                          f"raise rollout_tp.")
     kv_per_token = shape.kv_bytes_per_token / min(work.rollout_tp, shape.kv_split_max)
     lengths = _lengths(work, per_replica)
-    in_flight = work.prompt_len + float(np.mean(lengths ** 2) / (2 * np.mean(lengths)))
+    in_flight = in_flight_position(lengths, work.prompt_len)
     by_memory = max(1, int(free / kv_per_token / in_flight))
     slots = min(work.max_batch_size, by_memory, per_replica)
     return {"replicas": replicas, "sequences_per_replica": per_replica, "slots": slots,
@@ -99,7 +101,8 @@ def learner_s(work: Workload, hw: Hardware, speculative: bool) -> dict:
         raise ValueError(f"no learner devices: gpus = {work.gpus}, rollout_gpus = "
                          f"{work.rollout_gpus}.")
     shape = target_shape(work.model, work.dtype_bytes)
-    length = work.prompt_len + work.mean_response
+    response = float(_lengths(work, work.sequences).mean())  # as generated: cut at the max
+    length = work.prompt_len + response
     tokens = work.sequences * length
     common = dict(tokens=tokens, mean_context=length, devices=devices,
                   dtype_bytes=work.dtype_bytes)
@@ -110,7 +113,7 @@ def learner_s(work: Workload, hw: Hardware, speculative: bool) -> dict:
     draft = drafter_shape(work)
     if speculative and work.online_drafter and draft is not None:
         out["drafter_s"] = learner_pass_s(draft, hw, backward=True, recompute=False,
-                                          tokens=work.sequences * work.mean_response,
+                                          tokens=work.sequences * response,
                                           mean_context=length, devices=devices)
     return out
 
@@ -171,12 +174,15 @@ def measured_scales(work: Workload, hw: Hardware) -> dict:
         rest = work.measured_step_s - step_time(plain, work)
         if rest < 0 and not measured_learner:  # the learner is faster than the profile says
             learner = plain["logprob_s"] + plain["train_s"]
-            scales["learner_scale"] = max(1e-6, 1.0 + rest / learner)
-            rest = 0.0
-        if rest < 0:
-            raise ValueError(f"measured_step_s = {work.measured_step_s} is less than the "
-                             f"measured stages it holds; check the measured_* values.")
-        scales["other_s"] = rest
+            scales["learner_scale"] *= 1.0 + rest / learner
+            apply_scales(plain, {**scales, "generation_scale": 1.0,
+                                 "learner_scale": 1.0 + rest / learner})
+            rest = work.measured_step_s - step_time(plain, work)
+        if scales["learner_scale"] <= 0 or abs(rest) > 1e-9 * work.measured_step_s and rest < 0:
+            raise ValueError(f"measured_step_s = {work.measured_step_s} is less than the stages "
+                             f"it must hold (generation {plain['generation_s']:.4g} s); check "
+                             f"the measured_* values.")
+        scales["other_s"] = max(0.0, rest)
     return scales
 
 
@@ -214,18 +220,20 @@ def simulate(work: Workload, hw: Hardware, scales: dict | None = None) -> dict:
     (from `measured_scales` of another layout) calibrate it; by default its own measured_*
     fields do."""
     speculative, base_hw = work.speculative(), hw
+    measured = work.measured_generation_s or work.measured_step_s or work.measured_train_s
+    if work.mode == "async" and not work.rollout_gpus and measured and scales is None:
+        raise ValueError("measured_* values describe one layout: set rollout_gpus to the "
+                         "measured run's (0 picks a split, which they do not describe).")
     if work.mode == "async" and not work.rollout_gpus:
         work = replace(work, rollout_gpus=best_split(work, hw, speculative))
-    plain_work = spec_work = work
     applied = measured_scales(work, hw) if scales is None else scales
     hw = hw.with_values(layer_overhead_s=hw.layer_overhead_s + applied["layer_overhead_s"])
     plain, spec = one_step(work, hw, False), one_step(work, hw, speculative)
     apply_scales(plain["stages"], applied)
     apply_scales(spec["stages"], applied)
-    plain["step_s"] = step_time(plain["stages"], plain_work)
-    spec["step_s"] = step_time(spec["stages"], spec_work)
-    plain["rollout"]["rollout_gpus"] = plain_work.rollout_gpus
-    spec["rollout"]["rollout_gpus"] = spec_work.rollout_gpus
+    for arm in (plain, spec):
+        arm["step_s"] = step_time(arm["stages"], work)
+        arm["rollout"]["rollout_gpus"] = work.rollout_gpus
     extra = {}
     if work.mode == "async":
         sync_plain = simulate(replace(work, mode="sync", rollout_gpus=0).plain(), base_hw,

@@ -16,7 +16,7 @@ DTYPE_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "float8": 1.0}
 @dataclass(frozen=True)
 class Workload:
     model: Qwen3Args
-    model_name: str = "?"  # flavor or HF folder, for the report
+    model_name: str = "?"  # model.flavor, for the report
     dtype_bytes: float = 2.0  # weights, activations and KV cache (rollout and learner)
     gpus: int = 8  # devices of the whole job
     mode: str = "sync"  # sync (every device generates, then trains) or async (two meshes)
@@ -129,10 +129,44 @@ def with_sets(work: Workload, sets: dict) -> Workload:
         raise ValueError(f"--set mode={out.mode}: expected sync or async.")
     if out.drafter not in DRAFTERS:
         raise ValueError(f"--set drafter={out.drafter}: expected one of {', '.join(DRAFTERS)}.")
+    _check_ranges(out)
     if out.mode == "async" and out.rollout_gpus >= out.gpus:
         raise ValueError(f"rollout_gpus = {out.rollout_gpus} leaves no learner device of "
                          f"gpus = {out.gpus}; 0 picks the split.")
     return out
+
+
+# Settings that must be at least 1, positive, or a fraction in (0, 1].
+_AT_LEAST_ONE = ("gpus", "rollout_tp", "prompts_per_step", "group_size", "response_max",
+                 "max_batch_size", "n_layers", "n_heads", "n_kv_heads", "head_dim", "dim",
+                 "vocab_size")
+_POSITIVE = ("dtype_bytes", "prompt_len", "hidden_dim")
+_FRACTIONS = ("kv_memory_fraction",)
+
+
+def _check_ranges(work: Workload) -> None:
+    values = {**dataclasses.asdict(work.model), **dataclasses.asdict(work)}
+    for key in _AT_LEAST_ONE:
+        if not values[key] >= 1:
+            raise ValueError(f"{key} = {values[key]} must be at least 1.")
+    for key in _POSITIVE:
+        if not values[key] > 0:
+            raise ValueError(f"{key} = {values[key]} must be positive.")
+    for key in _FRACTIONS:
+        if not 0 < values[key] <= 1:
+            raise ValueError(f"{key} = {values[key]} must be in (0, 1].")
+    if not (work.response_mean == 0 or work.response_mean >= 1) or not work.response_sigma >= 0:
+        raise ValueError(f"response_mean = {work.response_mean} (0 or >= 1) and response_sigma "
+                         f"= {work.response_sigma} (>= 0) are out of range.")
+    if not (work.acceptance_length == 0 or work.acceptance_length >= 1):
+        raise ValueError(f"acceptance_length = {work.acceptance_length}: a mean of tokens per "
+                         f"iteration, at least 1 (0: from acceptance).")
+    if not 0 <= work.acceptance <= 1 or work.k < 0 or work.policy_lag < 0:
+        raise ValueError(f"acceptance = {work.acceptance} must be in [0, 1], k = {work.k} and "
+                         f"policy_lag = {work.policy_lag} at least 0.")
+    if work.model.num_experts and not 1 <= work.model.top_k <= work.model.num_experts:
+        raise ValueError(f"top_k = {work.model.top_k} must be in [1, num_experts = "
+                         f"{work.model.num_experts}].")
 
 
 def from_config(cfg, gpus: int) -> Workload:
