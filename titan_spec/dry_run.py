@@ -7,8 +7,10 @@ fp32 gradients and AdamW's two fp32 moments. Per rollout rank (async layout): th
 weights in the compute dtype, sliced by the rollout layout (parallel/rollout_layout.py: heads,
 SwiGLU and expert columns over rollout tp), and the KV cache for rollout.max_batch_size sequences of
 prompt + max_new_tokens (and an EAGLE / MTP drafter's buffer of target hidden states), all
-in the dtypes the rollout side builds. Activations, the allocator's slack, communication
-buffers and the drafter's own weights are not counted, hence the headroom column."""
+in the dtypes the rollout side builds. The drafter's own weights on every rank (plain fp32
+modules, replicated), with its gradients and AdamW moments on learner ranks when it trains.
+Activations, the allocator's slack and communication buffers are not counted, hence the
+headroom column."""
 
 from __future__ import annotations
 
@@ -113,6 +115,20 @@ def rollout_plan(cfg, args, prompt_tokens: int) -> dict:
             "draft_hidden_gib": hidden / GIB, "kv_sequence_tokens": seq, "layer0_numel": layer0}
 
 
+def drafter_plan(cfg, model) -> dict:
+    """The drafter as the run builds it (drafters/runtime.py), on the meta device: fp32 and
+    replicated on every rank; learner ranks also hold fp32 gradients and AdamW's two moments
+    when it trains (warm-up distillation or online adaptation)."""
+    from titan_spec.drafters.runtime import DrafterRuntime
+
+    runtime = DrafterRuntime.build(cfg.drafter, cfg.model, model.args, model, cfg.job.seed,
+                                   "meta")
+    numel = sum(p.numel() for p in runtime.module.parameters()) if runtime.module else 0
+    trains = cfg.drafter.online or cfg.drafter.distill_steps > 0
+    return {"numel": numel, "learner_gib": numel * (16 if trains else 4) / GIB,
+            "rollout_gib": numel * 4 / GIB}
+
+
 def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
     from titan_spec.parallel.parallel_dims import ParallelDims
     from titan_spec.preflight import split_world
@@ -126,19 +142,22 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
     learner = learner_plan(cfg, dims)
     args, model = learner.pop("args"), learner.pop("model")
     device = cfg.job.device_memory_gib
-    learner_total = learner["params_gib"] + learner["grads_gib"] + learner["optimizer_gib"]
+    drafter = drafter_plan(cfg, model)
+    learner_total = (learner["params_gib"] + learner["grads_gib"] + learner["optimizer_gib"]
+                     + drafter["learner_gib"])
     rows = [{"role": "learner", "ranks": dims.world_size, "layout":
              f"dp_replicate={dims.dp_replicate} dp_shard={dims.dp_shard} tp={dims.tp} "
              f"ep={dims.ep}", "params_gib": learner["params_gib"],
              "grads_gib": learner["grads_gib"], "optimizer_gib": learner["optimizer_gib"],
-             "total_gib": learner_total}]
+             "drafter_gib": drafter["learner_gib"], "total_gib": learner_total}]
     if cfg.async_rl.rollout_ranks:
         rollout = rollout_plan(cfg, args, prompt_tokens)
         ranks, tp = cfg.async_rl.rollout_ranks, cfg.async_rl.rollout_tp
         rows.append({"role": "rollout", "ranks": ranks, "layout":
                      f"replicas={ranks // tp} tp={tp}", **rollout,
+                     "drafter_gib": drafter["rollout_gib"],
                      "total_gib": rollout["weights_gib"] + rollout["kv_cache_gib"]
-                     + rollout["draft_hidden_gib"]})
+                     + rollout["draft_hidden_gib"] + drafter["rollout_gib"]})
     for row in rows:
         row["fits"] = row["total_gib"] <= device
     sync = sync_plan(cfg, model, args.n_kv_heads) if cfg.async_rl.rollout_ranks else None
@@ -147,6 +166,7 @@ def run(cfg, world_size: int, prompt_tokens: int = 512) -> dict:
     source = hf_folder(cfg) or cfg.model.flavor
     return {"model": f"{cfg.model.name}/{source}", "params": args.num_params(),
             "world_size": world_size, "device_memory_gib": device, "rows": rows,
+            "drafter_params": drafter["numel"],
             "weight_sync": sync, "learner_local_numel": learner["local_numel"]}
 
 
@@ -154,12 +174,12 @@ def format_table(plan: dict) -> str:
     head = (f"dry run: {plan['model']} ({plan['params'] / 1e9:.1f}B parameters) on "
             f"{plan['world_size']} ranks, {plan['device_memory_gib']:.0f} GiB per device")
     columns = ("role", "ranks", "params", "grads", "optimizer", "weights", "kv_cache",
-               "hidden", "total", "headroom", "fits")
+               "hidden", "drafter", "total", "headroom", "fits")
     lines = [head, "  ".join(f"{c:>9}" for c in columns)]
     for row in plan["rows"]:
         values = [row["role"], str(row["ranks"])]
         for key in ("params_gib", "grads_gib", "optimizer_gib", "weights_gib", "kv_cache_gib",
-                    "draft_hidden_gib", "total_gib"):
+                    "draft_hidden_gib", "drafter_gib", "total_gib"):
             values.append(f"{row[key]:.1f}" if key in row else "-")
         values.append(f"{plan['device_memory_gib'] - row['total_gib']:.1f}")
         values.append("yes" if row["fits"] else "NO")

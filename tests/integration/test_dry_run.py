@@ -15,6 +15,7 @@ pytestmark = pytest.mark.timeout(300)
 # Qwen3-235B-A22B, from its config.json
 DIM, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, MOE_HIDDEN, LAYERS = 4096, 64, 4, 128, 128, 1536, 94
 VOCAB = 151936
+DENSE_HIDDEN = 12288  # the dense SwiGLU width an EAGLE head's block takes
 
 
 def _rank0_rows(rows: int, shards: int) -> int:
@@ -72,7 +73,15 @@ def test_235b_dry_run(tmp_path):
     kv = 2 * LAYERS * 64 * (512 + 8192) * 1 * HEAD_DIM * 2
     assert rollout["kv_cache_gib"] == pytest.approx(kv / 2**30)
     assert rollout["draft_hidden_gib"] == pytest.approx(64 * (512 + 8192) * DIM * 2 / 2**30)
-    assert rollout["total_gib"] == pytest.approx((weights + kv) / 2**30
+    # The EAGLE head (fc over 2 x dim, one dense decoder block, 3 norms of its own) in fp32 on
+    # every rank; learner ranks also keep its gradients and AdamW moments (it adapts online).
+    block = (2 * HEADS * HEAD_DIM * DIM + 2 * KV_HEADS * HEAD_DIM * DIM + 2 * HEAD_DIM
+             + 2 * DIM + 3 * DIM * DENSE_HIDDEN)
+    head = 2 * DIM * DIM + block + 3 * DIM
+    assert plan["drafter_params"] == head
+    assert rollout["drafter_gib"] == pytest.approx(head * 4 / 2**30)
+    assert learner["drafter_gib"] == pytest.approx(head * 16 / 2**30)
+    assert rollout["total_gib"] == pytest.approx((weights + kv + head * 4) / 2**30
                                                  + rollout["draft_hidden_gib"])
     assert all(row["fits"] for row in plan["rows"])
     # The sharded weight sync: each rollout rank receives its weights (nothing more), learner
