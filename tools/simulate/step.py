@@ -87,10 +87,9 @@ def generation_s(work: Workload, hw: Hardware) -> dict:
     prompt_tokens = layout["sequences_per_replica"] * work.prompt_len
     prefill_params = target.active_params + (draft_shape.active_params if draft_shape else 0.0)
     prefill = 2.0 * prefill_params * prompt_tokens / (tp * hw.flops * hw.prefill_mfu)
-    out = {**layout, "prefill_s": prefill, "decode_s": decode["decode_s"],
-           "iterations": decode["iterations"], "mean_batch": decode["mean_batch"],
-           "generation_s": prefill + decode["decode_s"]}
-    return out
+    return {**layout, "prefill_s": prefill, "decode_s": decode["decode_s"],
+            "iterations": decode["iterations"], "mean_batch": decode["mean_batch"],
+            "generation_s": prefill + decode["decode_s"]}
 
 
 def learner_s(work: Workload, hw: Hardware, speculative: bool) -> dict:
@@ -178,7 +177,7 @@ def measured_scales(work: Workload, hw: Hardware) -> dict:
             apply_scales(plain, {**scales, "generation_scale": 1.0,
                                  "learner_scale": 1.0 + rest / learner})
             rest = work.measured_step_s - step_time(plain, work)
-        if scales["learner_scale"] <= 0 or abs(rest) > 1e-9 * work.measured_step_s and rest < 0:
+        if scales["learner_scale"] <= 0 or rest < -1e-9 * work.measured_step_s:
             raise ValueError(f"measured_step_s = {work.measured_step_s} is less than the stages "
                              f"it must hold (generation {plain['generation_s']:.4g} s); check "
                              f"the measured_* values.")
